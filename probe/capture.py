@@ -1,0 +1,117 @@
+"""Capture input through libpcap (pypcap): files now, live interfaces later; the BPF filter.
+
+pypcap quirks handled here: a name that is not a readable capture file is silently retried as an
+interface name (giving "No such device exists"), so files are checked first; iterating a handle
+hides a truncated file, so packets are read with ``dispatch``, whose -1 carries libpcap's error.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Iterable, Iterator
+
+import pcap
+
+from .decode import DLT_EN10MB
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",  # microsecond, little/big endian
+    b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",  # nanosecond
+}
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+BATCH = 4096
+
+
+class CaptureError(Exception):
+    """A capture that cannot be read (or stopped being readable); the message is one clear line."""
+
+
+def build_filter(ports: Iterable[int], user_filter: str | None = None, *, vlan: bool = True) -> str:
+    """BPF for TCP on the DICOM ports; with ``vlan`` (Ethernet only) also 802.1Q/802.1ad tagged and
+    double-tagged (QinQ) frames.
+
+    libpcap's ``vlan`` keyword shifts the offsets for the rest of the expression, hence the nesting.
+    """
+    ports = sorted(set(ports))
+    if not ports:
+        raise ValueError("no DICOM ports configured")
+    tcp = "tcp and (" + " or ".join(f"port {p}" for p in ports) + ")"
+    expr = f"({tcp}) or (vlan and (({tcp}) or (vlan and ({tcp}))))" if vlan else tcp
+    if user_filter:
+        expr = f"({expr}) and ({user_filter})"
+    return expr
+
+
+def check_file(path: str) -> None:
+    """Raise CaptureError unless ``path`` looks like a pcap or pcapng file."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot read: {e.strerror or e}") from None
+    if os.path.isdir(path):
+        raise CaptureError(f"{path}: is a directory")
+    if magic not in PCAP_MAGICS and magic != PCAPNG_MAGIC:
+        if len(magic) < 4:
+            raise CaptureError(f"{path}: not a capture file (too short)")
+        raise CaptureError(f"{path}: not a pcap or pcapng capture file")
+
+
+class FileSource:
+    """One capture file: ``linktype`` and ``batches()`` of (ts, frame) lists."""
+
+    def __init__(self, path: str, ports: Iterable[int], user_filter: str | None = None):
+        check_file(path)
+        self.path = path
+        try:
+            self._p = pcap.pcap(path, timestamp_in_ns=False)
+        except OSError as e:
+            raise CaptureError(f"{path}: libpcap cannot open it: {_msg(e)}") from None
+        self.linktype = self._p.datalink()
+        bpf = build_filter(ports, user_filter, vlan=self.linktype == DLT_EN10MB)
+        if bpf:
+            try:
+                self._p.setfilter(bpf)
+            except OSError as e:
+                raise CaptureError(f"{path}: bad capture filter {bpf!r}: {_msg(e)}") from None
+        self.size = os.path.getsize(path)
+        self.error: str | None = None  # set if reading stopped early (e.g. truncated file)
+
+    def batches(self) -> Iterator[list]:
+        p = self._p
+        while True:
+            batch: list = []
+            n = p.dispatch(BATCH, lambda ts, pkt: batch.append((ts, pkt)))
+            if batch:
+                yield batch
+            if n == -1:
+                self.error = f"{self.path}: read error after {len(batch)} frames of the last batch: {_msg(p.geterr())}"
+                return
+            if n == 0:
+                return
+
+    def packets(self) -> Iterator[tuple]:
+        for batch in self.batches():
+            yield from batch
+
+
+def _msg(e) -> str:
+    if isinstance(e, bytes):
+        return e.decode(errors="replace")
+    s = str(e)
+    return s[2:-1] if s.startswith("b'") and s.endswith("'") else s
+
+
+def merged(sources: list[FileSource]) -> Iterator[tuple]:
+    """(ts, frame, source) from several files, in timestamp order (stable for equal times)."""
+    if len(sources) == 1:
+        src = sources[0]
+        for batch in src.batches():
+            for ts, frame in batch:
+                yield ts, frame, src
+        return
+    iters = [((ts, i, frame, src) for ts, frame in src.packets()) for i, src in enumerate(sources)]
+    for ts, _i, frame, src in heapq.merge(*iters, key=lambda t: (t[0], t[1])):
+        yield ts, frame, src

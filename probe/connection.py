@@ -1,0 +1,152 @@
+"""One TCP connection: two reassembled directions, two PDU framers, one association machine.
+
+Sans-IO: ``segment()`` takes a decoded TCP segment and appends what happened to ``out``: the
+association machine's notifications, PDU framing errors and stream gaps (see :mod:`probe.pipeline`
+for who consumes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from .dicom import pdu as P
+from .dicom.association import AssociationMachine
+from .stream import StreamReassembler
+
+
+@dataclass(frozen=True, slots=True)
+class StreamGap:
+    """``nbytes`` of one direction were never seen by the capture."""
+
+    nbytes: int
+    framing_kept: bool  # the framer could skip the hole (it fell inside data) and stayed in sync
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_stream_buffer: int = 256 * 1024  # out-of-order bytes held per direction
+    max_control_pdu: int = 1 << 20
+    max_command_bytes: int = 1 << 16
+
+
+_CONTROL_EVENTS = (P.AssociateRequest, P.AssociateAccept, P.AssociateReject, P.PDataTF,
+                   P.ReleaseRequest, P.ReleaseReply, P.Abort)
+
+
+class Connection:
+    __slots__ = ("client", "server", "machine", "streams", "framers", "fin", "closed", "last_ts",
+                 "deadline", "limits", "syn_seen")
+
+    def __init__(self, client: str, server: str, *, from_syn: bool, limits: Limits):
+        self.client = client
+        self.server = server
+        self.limits = limits
+        self.machine = AssociationMachine(client, server, from_syn=from_syn)
+        self.streams = (StreamReassembler(limits.max_stream_buffer), StreamReassembler(limits.max_stream_buffer))
+        self.framers: list[P.PduFramer | None] = [None, None]  # made at the direction's first byte
+        self.syn_seen = [False, False]
+        self.fin = [False, False]
+        self.closed = False
+        self.last_ts = 0.0
+        self.deadline = 0  # timing-wheel bucket, owned by the flow table
+
+    def segment(self, from_client: bool, seq: int, ack: int, flags: int, payload: bytes, ts: float,
+                out: list) -> None:
+        self.last_ts = ts
+        d = 0 if from_client else 1
+        if flags & TCP_SYN:
+            # A SYN fixes where this direction's stream starts; its payload (TCP Fast Open) is rare
+            # for DICOM and ignored.
+            stream = self.streams[d]
+            if stream.next_seq is None:
+                stream.next_seq = (seq + 1) & 0xFFFFFFFF
+                self.syn_seen[d] = True
+            return
+        if flags & TCP_ACK:
+            other = self.streams[1 - d]
+            if other._ooo:  # cheap check on the per-packet path
+                chunks = other.acked(ack)
+                if chunks:
+                    self._deliver(1 - d, chunks, ts, out)
+        if payload:
+            chunks = self.streams[d].accept(seq, payload)
+            if chunks:
+                self._deliver(d, chunks, ts, out)
+        if flags & (TCP_FIN | TCP_RST):
+            if flags & TCP_RST:
+                self.fin[0] = self.fin[1] = True
+            else:
+                self.fin[d] = True
+            if self.fin[0] and self.fin[1]:
+                self.close(ts, out)
+            else:
+                chunks = self.streams[d].flush()
+                if chunks:
+                    self._deliver(d, chunks, ts, out)
+
+    def close(self, ts: float, out: list) -> None:
+        """The transport ended (FIN both ways or RST): flush both directions, then tell the machine."""
+        if self.closed:
+            return
+        self._flush(ts, out)
+        self.closed = True
+        self.machine.closed(ts, out)
+
+    def timeout(self, ts: float, out: list) -> None:
+        self._flush(ts, out)
+        if self.fin[0] or self.fin[1]:
+            self.closed = True
+            self.machine.closed(ts, out)  # a FIN was seen: the connection did end
+        else:
+            self.machine.timeout(ts, out)
+
+    def end(self, ts: float, out: list) -> None:
+        """The capture ended with this connection still open."""
+        self._flush(ts, out)
+        self.machine.end(ts, out)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _flush(self, ts: float, out: list) -> None:
+        for d in (0, 1):
+            chunks = self.streams[d].flush()
+            if chunks:
+                self._deliver(d, chunks, ts, out)
+
+    def _framer(self, d: int) -> P.PduFramer:
+        f = self.framers[d]
+        if f is None:
+            # Without this direction's SYN the first byte need not start a PDU: resynchronise.
+            lim = self.limits
+            f = self.framers[d] = P.PduFramer(synced=self.syn_seen[d], max_control_pdu=lim.max_control_pdu,
+                                              max_command_bytes=lim.max_command_bytes)
+        return f
+
+    def _deliver(self, d: int, chunks: list, ts: float, out: list) -> None:
+        framer = self._framer(d)
+        from_client = d == 0
+        machine = self.machine
+        for chunk in chunks:
+            if chunk.__class__ is int:
+                events = framer.gap(chunk, ts)
+                kept = framer.synced and not events
+                out.append(StreamGap(chunk, kept))
+                if not kept:
+                    machine.lost()
+            else:
+                events = framer.feed(chunk, ts)
+            for ev in events:
+                if isinstance(ev, _CONTROL_EVENTS):
+                    machine.pdu(ev, from_client, out)
+                elif ev.__class__ is P.CommandFragment:
+                    pass  # DIMSE decoding consumes these (issue 3)
+                else:
+                    if ev.__class__ is P.PduLost:
+                        machine.lost()
+                    elif ev.__class__ is P.Resynchronised:
+                        if ev.skipped:
+                            machine.lost()
+                    elif ev.__class__ is P.ProtocolError and machine.current is not None:
+                        machine.current.protocol_errors += 1
+                    out.append(ev)

@@ -1,0 +1,165 @@
+"""The flow table: TCP segments to connections, who is client and server, idle timeouts, a cap.
+
+Both orientations of a connection's 4-tuple are keys of one dict, so each packet costs one lookup.
+Client and server come from the SYN; without one, from the configured server ports; and the
+association machine corrects it if the other side turns out to send the A-ASSOCIATE-RQ.
+
+Idle connections expire by packet time through a timing wheel (one bucket per second, a heap of
+bucket numbers): a connection is looked at once per idle-timeout period, never per packet.
+Closed connections linger briefly so that late retransmissions and final ACKs are not mistaken
+for new connections picked up mid-stream.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+from dataclasses import dataclass
+
+from .connection import Connection, Limits
+from .decode import TCP_ACK, TCP_SYN
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSettings:
+    server_ports: frozenset[int] = frozenset((104, 11112))
+    idle_timeout: float = 300.0
+    closed_linger: float = 30.0
+    max_flows: int = 100_000
+    limits: Limits = Limits()
+
+
+def endpoint(addr: bytes, port: int) -> str:
+    if len(addr) == 4:
+        return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}:{port}"
+    return f"[{ipaddress.IPv6Address(addr)}]:{port}"
+
+
+class FlowTable:
+    def __init__(self, settings: FlowSettings = FlowSettings()):
+        self.settings = settings
+        self._ports = settings.server_ports
+        self._table: dict[tuple, tuple[Connection, bool]] = {}
+        self._keys: dict[int, tuple] = {}  # id(conn) -> its forward key, for removal
+        self._wheel: dict[int, list[Connection]] = {}
+        self._heap: list[int] = []
+        self.active = 0  # connections not yet closed
+        self.evicted: dict[str, int] = {}
+        self.ignored_no_flow = 0  # segments without payload for an unknown connection
+        self.retransmitted = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def segment(self, seg: tuple, ts: float, out: list) -> None:
+        src, dst, sport, dport, seq, ack, flags, payload = seg
+        hit = self._table.get((src, sport, dst, dport))
+        if hit is not None:
+            conn, from_client = hit
+            if conn.closed:
+                if flags & TCP_SYN and not flags & TCP_ACK:
+                    self._remove(conn, "closed")  # the 4-tuple is reused by a new connection
+                else:
+                    return
+            else:
+                conn.segment(from_client, seq, ack, flags, payload, ts, out)
+                if conn.closed:
+                    self._closed(conn, ts)
+                return
+        if not payload and not flags & TCP_SYN:
+            self.ignored_no_flow += 1
+            return
+        if len(self._keys) >= self.settings.max_flows:
+            self.evicted["table-full"] = self.evicted.get("table-full", 0) + 1
+            return
+        # Decide who is the client.
+        if flags & TCP_SYN:
+            src_is_client = not flags & TCP_ACK
+        elif dport in self._ports and sport not in self._ports:
+            src_is_client = True
+        elif sport in self._ports and dport not in self._ports:
+            src_is_client = False
+        else:
+            src_is_client = sport >= dport  # both or neither configured: the ephemeral port is higher
+        if src_is_client:
+            client, server = endpoint(src, sport), endpoint(dst, dport)
+        else:
+            client, server = endpoint(dst, dport), endpoint(src, sport)
+        conn = Connection(client, server, from_syn=bool(flags & TCP_SYN), limits=self.settings.limits)
+        fwd, rev = (src, sport, dst, dport), (dst, dport, src, sport)
+        self._table[fwd] = (conn, src_is_client)
+        self._table[rev] = (conn, not src_is_client)
+        self._keys[id(conn)] = fwd
+        self.active += 1
+        self._schedule(conn, ts + self.settings.idle_timeout)
+        conn.segment(src_is_client, seq, ack, flags, payload, ts, out)
+        if conn.closed:
+            self._closed(conn, ts)
+
+    def expire(self, now: float, out: list) -> None:
+        """Time out connections idle for longer than the idle timeout (by packet time)."""
+        heap, wheel = self._heap, self._wheel
+        idle, linger = self.settings.idle_timeout, self.settings.closed_linger
+        while heap and heap[0] <= now:
+            bucket = heapq.heappop(heap)
+            for conn in wheel.pop(bucket, ()):
+                if id(conn) not in self._keys or conn.deadline != bucket:
+                    continue  # removed, or rescheduled to another bucket
+                if conn.closed:
+                    if conn.last_ts + linger <= now:
+                        self._remove(conn, None)
+                    else:
+                        self._schedule(conn, conn.last_ts + linger)
+                elif conn.last_ts + idle <= now:
+                    conn.timeout(now, out)
+                    self._collect(conn)
+                    if not conn.closed:
+                        self.active -= 1
+                    self._remove(conn, "idle")
+                else:
+                    self._schedule(conn, conn.last_ts + idle)
+
+    def end(self, ts: float, out: list) -> None:
+        """The capture ended: every open connection ends (outcome ``incomplete`` where undecided)."""
+        for key in list(self._keys.values()):
+            conn = self._table[key][0]
+            if not conn.closed:
+                conn.end(ts, out)
+                self._collect(conn)
+                self.active -= 1
+                self._remove(conn, "capture-end")
+            else:
+                self._remove(conn, None)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _closed(self, conn: Connection, ts: float) -> None:
+        self.active -= 1
+        self.evicted["closed"] = self.evicted.get("closed", 0) + 1
+        self._collect(conn)
+        self._schedule(conn, ts + self.settings.closed_linger)
+
+    def _collect(self, conn: Connection) -> None:
+        for s in conn.streams:  # gaps are reported as they happen (StreamGap); this is the rest
+            self.retransmitted += s.retransmitted
+            s.retransmitted = 0
+
+    def _schedule(self, conn: Connection, when: float) -> None:
+        bucket = int(when) + 1
+        conn.deadline = bucket
+        lst = self._wheel.get(bucket)
+        if lst is None:
+            self._wheel[bucket] = [conn]
+            heapq.heappush(self._heap, bucket)
+        else:
+            lst.append(conn)
+
+    def _remove(self, conn: Connection, reason: str | None) -> None:
+        fwd = self._keys.pop(id(conn), None)
+        if fwd is None:
+            return
+        src, sport, dst, dport = fwd
+        self._table.pop(fwd, None)
+        self._table.pop((dst, dport, src, sport), None)
+        if reason is not None:
+            self.evicted[reason] = self.evicted.get(reason, 0) + 1

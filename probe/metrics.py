@@ -1,0 +1,269 @@
+"""Metric families (the public contract), AE-title label policy, and an additive store.
+
+Every family is declared once in :data:`FAMILIES`; README's metric reference is checked against
+this table by the tests. Values live in a :class:`MetricStore` — plain dicts keyed by label tuples —
+so that worker snapshots can be merged by addition and rendered by prometheus_client's exposition
+code (:meth:`MetricStore.render`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from . import __version__
+from .dicom import association as A
+from .dicom import codes
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+
+SETUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+PAIR = ("calling_ae", "called_ae")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    kind: str
+    labels: tuple[str, ...]
+    help: str
+    buckets: tuple[float, ...] = ()
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("dicom_association_requests_total", COUNTER, PAIR, "A-ASSOCIATE-RQ PDUs seen."),
+    Family("dicom_association_accepts_total", COUNTER, PAIR, "A-ASSOCIATE-AC PDUs seen."),
+    Family("dicom_association_rejects_total", COUNTER, PAIR + ("result", "source", "reason"),
+           "A-ASSOCIATE-RJ PDUs seen, by result, source and reason (PS3.8 Table 9-21)."),
+    Family("dicom_association_aborts_total", COUNTER, PAIR + ("by", "source", "reason", "phase"),
+           "A-ABORT PDUs ending an association, by sender (requestor/acceptor), source, reason and phase (setup/established)."),
+    Family("dicom_association_releases_total", COUNTER, PAIR,
+           "Associations released (A-RELEASE-RP seen, even when its RQ was lost)."),
+    Family("dicom_association_closed_without_release_total", COUNTER, PAIR,
+           "Accepted associations whose TCP connection closed (FIN/RST) with neither release nor abort."),
+    Family("dicom_association_no_response_total", COUNTER, PAIR,
+           "A-ASSOCIATE-RQs never answered: the connection closed or timed out first."),
+    Family("dicom_association_setup_seconds", HISTOGRAM, ("called_ae",),
+           "Time from the first byte of A-ASSOCIATE-RQ to the A-ASSOCIATE-AC or -RJ.", SETUP_BUCKETS),
+    Family("dicom_associations_active", GAUGE, (), "Associations requested or established and not yet ended."),
+    Family("dicom_probe_packets_total", COUNTER, ("interface",), "Frames received from the capture (after the BPF filter)."),
+    Family("dicom_probe_bytes_total", COUNTER, ("interface",), "Bytes of the frames received from the capture."),
+    Family("dicom_probe_frames_skipped_total", COUNTER, ("kind",),
+           "Frames not decoded as TCP, by kind (non-ip, non-tcp, ipv4-fragment, truncated, ...)."),
+    Family("dicom_probe_stream_gaps_total", COUNTER, (), "Holes in a TCP byte stream: bytes the capture never saw."),
+    Family("dicom_probe_stream_gap_bytes_total", COUNTER, (), "Bytes missing in those holes."),
+    Family("dicom_probe_retransmitted_segments_total", COUNTER, (), "TCP segments carrying only bytes already seen."),
+    Family("dicom_probe_resyncs_total", COUNTER, (),
+           "Times the PDU framer found a plausible PDU header again after losing the framing."),
+    Family("dicom_probe_pdu_errors_total", COUNTER, ("kind",), "Malformed PDUs or items, by kind."),
+    Family("dicom_probe_protocol_violations_total", COUNTER, ("kind",),
+           "Well-formed PDUs the association state machine does not allow where they were seen."),
+    Family("dicom_probe_flows_active", GAUGE, (), "TCP connections tracked."),
+    Family("dicom_probe_flows_evicted_total", COUNTER, ("reason",),
+           "TCP connections removed from the flow table, by reason (closed, idle, capture-end, table-full)."),
+    Family("dicom_probe_ae_titles_invalid_total", COUNTER, (),
+           "AE titles seen with characters outside the DICOM default repertoire (replaced by %XX in labels)."),
+    Family("dicom_probe_ae_title_overflow_total", COUNTER, (),
+           "Label values folded into the overflow AE title because the distinct-title cap was reached."),
+    Family("dicom_probe_build_info", GAUGE, ("version",), "Always 1; the probe's version."),
+)
+FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
+
+# Fixed AE label values. They cannot collide with a real title: a real title starting with "(" has
+# that character escaped as %28 (see AeLabeler).
+AE_NOT_SEEN = "(not-seen)"
+AE_EMPTY = "(empty)"
+AE_OVERFLOW = "(overflow)"
+
+_AE_OK = frozenset(range(0x20, 0x7F)) - {0x5C, 0x25}  # default repertoire, minus backslash; % is our escape
+
+
+class AeLabeler:
+    """Turns raw 16-byte AE title fields into bounded, printable label values.
+
+    Padding (spaces, and NULs sent by some stacks) is stripped; bytes outside the DICOM default
+    repertoire are replaced by ``%XX`` and counted; beyond ``max_titles`` distinct titles every new
+    one becomes ``(overflow)``, counted. ``aliases`` maps a cleaned title to the label to use.
+    """
+
+    def __init__(self, max_titles: int = 500, aliases: dict[str, str] | None = None):
+        self.max_titles = max_titles
+        self.aliases = dict(aliases or {})
+        self._cache: dict[bytes, str] = {}
+        self._titles: set[str] = set()
+        self.invalid = 0
+        self.overflow = 0
+
+    @staticmethod
+    def clean(raw: bytes) -> tuple[str, bool]:
+        """(printable title, whether a byte had to be escaped). No cap, no alias."""
+        title = raw.strip(b" \x00")
+        if not title:
+            return AE_EMPTY, False
+        if all(b in _AE_OK for b in title) and title[0] != 0x28:
+            return title.decode("ascii"), False
+        out = []
+        invalid = False
+        for i, b in enumerate(title):
+            if b in _AE_OK and not (i == 0 and b == 0x28):
+                out.append(chr(b))
+            else:
+                out.append(f"%{b:02X}")
+                invalid = invalid or b not in (0x25, 0x28)
+        return "".join(out), invalid
+
+    def label(self, raw: bytes | None) -> str:
+        if raw is None:
+            return AE_NOT_SEEN
+        cached = self._cache.get(raw)
+        if cached is not None:
+            return cached
+        title, invalid = self.clean(raw)
+        if invalid:
+            self.invalid += 1
+        title = self.aliases.get(title, title)
+        if title not in self._titles and title not in (AE_EMPTY,):
+            if len(self._titles) >= self.max_titles:
+                self.overflow += 1
+                return AE_OVERFLOW  # not cached: every further sighting is counted
+            self._titles.add(title)
+        if len(self._cache) < 4 * self.max_titles:
+            self._cache[raw] = title
+        return title
+
+
+class MetricStore:
+    """Values of every family, keyed by label-value tuples. Additive, so snapshots merge by sum."""
+
+    def __init__(self):
+        self.values: dict[str, dict[tuple, object]] = {f.name: {} for f in FAMILIES}
+
+    def inc(self, name: str, labels: tuple = (), value: float = 1) -> None:
+        d = self.values[name]
+        d[labels] = d.get(labels, 0) + value
+
+    def set(self, name: str, labels: tuple, value: float) -> None:
+        self.values[name][labels] = value
+
+    def observe(self, name: str, labels: tuple, value: float) -> None:
+        fam = FAMILY_BY_NAME[name]
+        d = self.values[name]
+        h = d.get(labels)
+        if h is None:
+            h = d[labels] = [[0] * (len(fam.buckets) + 1), 0.0]
+        counts = h[0]
+        for i, bound in enumerate(fam.buckets):
+            if value <= bound:
+                counts[i] += 1
+                break
+        else:
+            counts[-1] += 1
+        h[1] += value
+
+    def get(self, name: str, labels: tuple = ()):
+        return self.values[name].get(labels, 0)
+
+    def total(self, name: str, **match) -> float:
+        """Sum of a counter/gauge family over the series whose labels match ``match``."""
+        fam = FAMILY_BY_NAME[name]
+        idx = [(fam.labels.index(k), v) for k, v in match.items()]
+        return sum(v for labels, v in self.values[name].items() if all(labels[i] == want for i, want in idx))
+
+    def merge(self, other: "MetricStore") -> None:
+        for fam in FAMILIES:
+            mine = self.values[fam.name]
+            for labels, v in other.values[fam.name].items():
+                if fam.kind == HISTOGRAM:
+                    h = mine.get(labels)
+                    if h is None:
+                        mine[labels] = [list(v[0]), v[1]]
+                    else:
+                        h[0] = [a + b for a, b in zip(h[0], v[0])]
+                        h[1] += v[1]
+                else:
+                    mine[labels] = mine.get(labels, 0) + v
+
+    # -- exposition -----------------------------------------------------------------------------
+
+    def collect(self):
+        for fam in FAMILIES:
+            series = self.values[fam.name]
+            if fam.kind == COUNTER:
+                mf = CounterMetricFamily(fam.name, fam.help, labels=fam.labels)
+                for labels, v in sorted(series.items()):
+                    mf.add_metric(labels, v)
+            elif fam.kind == GAUGE:
+                mf = GaugeMetricFamily(fam.name, fam.help, labels=fam.labels)
+                for labels, v in sorted(series.items()):
+                    mf.add_metric(labels, v)
+            else:
+                mf = HistogramMetricFamily(fam.name, fam.help, labels=fam.labels)
+                for labels, (counts, total) in sorted(series.items()):
+                    cumulative, acc = [], 0
+                    for bound, c in zip(fam.buckets + (float("inf"),), counts):
+                        acc += c
+                        cumulative.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+                    mf.add_metric(labels, cumulative, total)
+            yield mf
+
+    def render(self) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry)
+
+
+class AssociationMetrics:
+    """Sink: turns the association machine's notifications into metric updates."""
+
+    def __init__(self, store: MetricStore, labeler: AeLabeler):
+        self.store = store
+        self.labeler = labeler
+        store.set("dicom_probe_build_info", (__version__,), 1)
+        store.set("dicom_associations_active", (), 0)
+
+    def _pair(self, a: A.Association) -> tuple[str, str]:
+        return self.labeler.label(a.calling_ae), self.labeler.label(a.called_ae)
+
+    def handle(self, n) -> None:
+        s = self.store
+        t = type(n)
+        if t is A.AssociationOpened:
+            s.inc("dicom_associations_active")
+        elif t is A.AssociationEnded:
+            s.inc("dicom_associations_active", (), -1)
+        elif t is A.AssociationRequested:
+            s.inc("dicom_association_requests_total", self._pair(n.association))
+        elif t is A.AssociationAccepted:
+            a = n.association
+            s.inc("dicom_association_accepts_total", self._pair(a))
+            if a.setup_seconds is not None:
+                s.observe("dicom_association_setup_seconds", (self.labeler.label(a.called_ae),), a.setup_seconds)
+        elif t is A.AssociationRejected:
+            a = n.association
+            s.inc("dicom_association_rejects_total", self._pair(a) + (
+                codes.reject_result_name(n.result),
+                codes.reject_source_name(n.source),
+                codes.reject_reason_name(n.source, n.reason),
+            ))
+            if a.setup_seconds is not None:
+                s.observe("dicom_association_setup_seconds", (self.labeler.label(a.called_ae),), a.setup_seconds)
+        elif t is A.AssociationAborted:
+            s.inc("dicom_association_aborts_total", self._pair(n.association) + (
+                n.by, codes.abort_source_name(n.source), codes.abort_reason_name(n.source, n.reason), n.phase,
+            ))
+        elif t is A.ReleaseCompleted:
+            s.inc("dicom_association_releases_total", self._pair(n.association))
+        elif t is A.ClosedWithoutRelease:
+            s.inc("dicom_association_closed_without_release_total", self._pair(n.association))
+        elif t is A.NoResponse:
+            s.inc("dicom_association_no_response_total", self._pair(n.association))
+        elif t is A.ProtocolViolation:
+            s.inc("dicom_probe_protocol_violations_total", (n.kind,))
+
+    def sync_label_counters(self) -> None:
+        """Copy the labeler's counters into the store (they are cumulative)."""
+        self.store.set("dicom_probe_ae_titles_invalid_total", (), self.labeler.invalid)
+        self.store.set("dicom_probe_ae_title_overflow_total", (), self.labeler.overflow)

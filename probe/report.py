@@ -1,0 +1,196 @@
+"""Offline report formats: one JSON object per association, and the per-AE-pair table.
+
+The table is computed from the metric store — the very numbers the daemon exports — never from a
+second tally.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .dicom import association as A
+from .dicom import codes
+from .metrics import AeLabeler, MetricStore
+
+
+def _ae(raw: bytes | None) -> str | None:
+    return None if raw is None else AeLabeler.clean(raw)[0]
+
+
+def _client_server(a: A.Association) -> tuple[str, str]:
+    """The requestor is reported as the client (it is whenever the RQ was seen)."""
+    return (a.client, a.server) if a.requestor_is_client else (a.server, a.client)
+
+
+def association_record(a: A.Association) -> dict:
+    client, server = _client_server(a)
+    rec: dict = {
+        "client": client,
+        "server": server,
+        "calling_ae": _ae(a.calling_ae),
+        "called_ae": _ae(a.called_ae),
+        "start": a.start_ts,
+        "end": a.end_ts,
+        "outcome": a.outcome,
+        "rq_seen": a.rq_seen,
+        "setup_seconds": None if a.setup_seconds is None else round(a.setup_seconds, 6),
+    }
+    if a.reject is not None:
+        result, source, reason = a.reject
+        rec["reject"] = {
+            "result": codes.reject_result_name(result),
+            "source": codes.reject_source_name(source),
+            "reason": codes.reject_reason_name(source, reason),
+        }
+    if a.abort is not None:
+        by, source, reason, phase = a.abort
+        rec["abort"] = {
+            "by": by,
+            "source": codes.abort_source_name(source),
+            "reason": codes.abort_reason_name(source, reason),
+            "phase": phase,
+        }
+    rq, ac = a.request, a.accept
+    if rq is not None:
+        rec["application_context"] = rq.application_context
+        rec["proposed_contexts"] = len(rq.contexts)
+        ui = rq.user_info
+        rec["requestor"] = {
+            "max_pdu_length": ui.max_pdu_length,
+            "implementation_class_uid": ui.implementation_class_uid,
+            "implementation_version_name": ui.implementation_version_name,
+        }
+        if ui.user_identity_type is not None:
+            rec["user_identity"] = {
+                "type": codes.user_identity_type_name(ui.user_identity_type),
+                "response_requested": ui.user_identity_response_requested,
+            }
+    if ac is not None:
+        abstract = {c.context_id: c.abstract_syntax for c in rq.contexts} if rq is not None else {}
+        accepted, rejected = [], []
+        for c in ac.contexts:
+            if c.result == 0:
+                accepted.append({"id": c.context_id, "abstract_syntax": abstract.get(c.context_id),
+                                 "transfer_syntax": c.transfer_syntax})
+            else:
+                rejected.append({"id": c.context_id, "abstract_syntax": abstract.get(c.context_id),
+                                 "result": codes.context_result_name(c.result)})
+        rec["accepted_contexts"] = accepted
+        rec["rejected_contexts"] = rejected
+        ui = ac.user_info
+        rec["acceptor"] = {
+            "max_pdu_length": ui.max_pdu_length,
+            "implementation_class_uid": ui.implementation_class_uid,
+            "implementation_version_name": ui.implementation_version_name,
+        }
+    if a.lost_pdus:
+        rec["capture_loss"] = a.lost_pdus
+    if a.protocol_errors:
+        rec["protocol_errors"] = a.protocol_errors
+    return rec
+
+
+def association_json(a: A.Association) -> str:
+    return json.dumps(association_record(a), separators=(",", ":"), ensure_ascii=True)
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def pair_rows(store: MetricStore) -> list[dict]:
+    """One row per (calling, called) AE pair, worst first."""
+    rows: dict[tuple, dict] = {}
+
+    def row(calling, called):
+        r = rows.get((calling, called))
+        if r is None:
+            r = rows[(calling, called)] = {
+                "calling_ae": calling, "called_ae": called, "requests": 0, "accepted": 0, "rejected": 0,
+                "aborts": 0, "releases": 0, "no_response": 0, "closed_without_release": 0, "reasons": {},
+            }
+        return r
+
+    v = store.values
+    for (calling, called), n in v["dicom_association_requests_total"].items():
+        row(calling, called)["requests"] += n
+    for (calling, called), n in v["dicom_association_accepts_total"].items():
+        row(calling, called)["accepted"] += n
+    for (calling, called, _res, _src, reason), n in v["dicom_association_rejects_total"].items():
+        r = row(calling, called)
+        r["rejected"] += n
+        r["reasons"][reason] = r["reasons"].get(reason, 0) + n
+    for (calling, called, *_rest), n in v["dicom_association_aborts_total"].items():
+        row(calling, called)["aborts"] += n
+    for (calling, called), n in v["dicom_association_releases_total"].items():
+        row(calling, called)["releases"] += n
+    for (calling, called), n in v["dicom_association_no_response_total"].items():
+        row(calling, called)["no_response"] += n
+    for (calling, called), n in v["dicom_association_closed_without_release_total"].items():
+        row(calling, called)["closed_without_release"] += n
+    out = []
+    for r in rows.values():
+        answered = r["accepted"] + r["rejected"]
+        r["reject_pct"] = 100.0 * r["rejected"] / answered if answered else 0.0
+        r["top_reason"] = max(r["reasons"].items(), key=lambda kv: (kv[1], kv[0]))[0] if r["reasons"] else ""
+        out.append(r)
+    out.sort(key=lambda r: (-r["rejected"], -(r["aborts"] + r["no_response"] + r["closed_without_release"]),
+                            -r["reject_pct"], -r["requests"], r["calling_ae"], r["called_ae"]))
+    return out
+
+
+COLUMNS = (
+    ("CALLING AE", "calling_ae"), ("CALLED AE", "called_ae"), ("REQUESTS", "requests"),
+    ("ACCEPTED", "accepted"), ("REJECTED", "rejected"), ("REJECT %", "reject_pct"),
+    ("TOP REJECT REASON", "top_reason"), ("ABORTS", "aborts"), ("RELEASES", "releases"),
+    ("NO RESPONSE", "no_response"), ("NO RELEASE", "closed_without_release"),
+)
+
+
+def _fmt(key: str, value) -> str:
+    if key == "reject_pct":
+        return f"{value:.1f}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def render_table(store: MetricStore) -> str:
+    rows = pair_rows(store)
+    lines = []
+    if not rows:
+        lines.append("No DICOM associations found.")
+    else:
+        cells = [[h for h, _ in COLUMNS]] + [[_fmt(k, r[k]) for _, k in COLUMNS] for r in rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+        numeric = {i for i, (_, k) in enumerate(COLUMNS) if k not in ("calling_ae", "called_ae", "top_reason")}
+        for c in cells:
+            lines.append("  ".join(c[i].rjust(widths[i]) if i in numeric else c[i].ljust(widths[i])
+                                   for i in range(len(COLUMNS))).rstrip())
+    lines.append("")
+    lines.extend(health_lines(store))
+    return "\n".join(lines) + "\n"
+
+
+def health_lines(store: MetricStore) -> list[str]:
+    v = store.values
+    packets = sum(v["dicom_probe_packets_total"].values())
+    nbytes = sum(v["dicom_probe_bytes_total"].values())
+    skipped = v["dicom_probe_frames_skipped_total"]
+    errors = v["dicom_probe_pdu_errors_total"]
+    lines = [
+        f"Probe health: {int(packets)} packets, {int(nbytes)} bytes; "
+        f"{int(sum(skipped.values()))} frames skipped"
+        + (" (" + ", ".join(f"{k[0]} {int(n)}" for k, n in sorted(skipped.items())) + ")" if skipped else ""),
+        f"  stream gaps {int(store.get('dicom_probe_stream_gaps_total'))} "
+        f"({int(store.get('dicom_probe_stream_gap_bytes_total'))} bytes), "
+        f"resyncs {int(store.get('dicom_probe_resyncs_total'))}, "
+        f"retransmitted segments {int(store.get('dicom_probe_retransmitted_segments_total'))}",
+        f"  PDU parse errors {int(sum(errors.values()))}"
+        + (" (" + ", ".join(f"{k[0]} {int(n)}" for k, n in sorted(errors.items())) + ")" if errors else "")
+        + f", protocol violations {int(sum(v['dicom_probe_protocol_violations_total'].values()))}",
+    ]
+    invalid = int(store.get("dicom_probe_ae_titles_invalid_total"))
+    overflow = int(store.get("dicom_probe_ae_title_overflow_total"))
+    if invalid or overflow:
+        lines.append(f"  AE titles with invalid characters {invalid}, folded into (overflow) {overflow}")
+    return lines
