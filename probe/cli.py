@@ -8,9 +8,10 @@ import sys
 import time
 
 from . import __version__
-from .capture import CaptureError, FileSource, merged
+from .capture import CaptureError
 from .config import ConfigError, load
-from .metrics import AeLabeler
+from .decode import Decoder
+from .offline import open_sources, run
 from .pipeline import Pipeline
 from .report import association_json, render_table
 
@@ -73,6 +74,10 @@ class _Progress:
                          f"{pipe.packets / elapsed:,.0f} frames/s  {100 * frac:.0f}%  ETA {eta:.0f}s ")
         sys.stderr.flush()
 
+    def tick(self, pipe: Pipeline) -> None:
+        self.file_bytes = pipe.bytes + 16 * pipe.packets  # pcap record headers are 16 bytes
+        self.update(pipe)
+
     def done(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
@@ -90,32 +95,23 @@ def _analyze(args) -> int:
         return 2
     ports = sorted(set(cfg.ports) | set(args.port))
     try:
-        sources = [FileSource(path, ports) for path in args.captures]
+        sources = open_sources(args.captures, ports)
     except CaptureError as e:
         print(f"dicom-probe: {e}", file=sys.stderr)
         return 1
+    for s in sources:
+        if not Decoder.supports(s.linktype):
+            print(f"dicom-probe: {s.path}: link type {s.linktype} not supported; its frames are counted as skipped",
+                  file=sys.stderr)
 
     out = sys.stdout
     on_association = (lambda a: out.write(association_json(a) + "\n")) if args.format == "json" else None
-    pipe = Pipeline(cfg.flow_settings(args.port), AeLabeler(cfg.max_ae_titles, cfg.ae_aliases), on_association)
     progress = _Progress(sum(s.size for s in sources), sys.stderr.isatty() and not args.quiet)
-    decoders = {id(s): pipe.decoder(s.linktype) for s in sources}
-    unsupported = [s.path for s in sources if not decoders[id(s)].supports(s.linktype)]
-    for path in unsupported:
-        print(f"dicom-probe: {path}: link type not supported; its frames are counted as skipped", file=sys.stderr)
-
-    packet = pipe.packet
-    count = 0
     try:
-        for ts, frame, src in merged(sources):
-            packet(ts, frame, decoders[id(src)])
-            count += 1
-            if count & 0x3FFF == 0:
-                progress.file_bytes = pipe.bytes + 16 * pipe.packets
-                progress.update(pipe)
+        pipe = run(sources, cfg, args.port, on_association, progress.tick)
     except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    pipe.finish()
     progress.file_bytes = progress.total
     progress.update(pipe, force=True)
     progress.done()

@@ -65,9 +65,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("dicom_probe_flows_evicted_total", COUNTER, ("reason",),
            "TCP connections removed from the flow table, by reason (closed, idle, capture-end, table-full)."),
     Family("dicom_probe_ae_titles_invalid_total", COUNTER, (),
-           "AE titles seen with characters outside the DICOM default repertoire (replaced by %XX in labels)."),
+           "Distinct AE title values seen with bytes outside the DICOM default repertoire (shown as %XX in labels)."),
     Family("dicom_probe_ae_title_overflow_total", COUNTER, (),
-           "Label values folded into the overflow AE title because the distinct-title cap was reached."),
+           "AE title sightings shown as (overflow) because the distinct-title cap was reached."),
     Family("dicom_probe_build_info", GAUGE, ("version",), "Always 1; the probe's version."),
 )
 FAMILY_BY_NAME = {f.name: f for f in FAMILIES}

@@ -1,0 +1,44 @@
+"""Offline runs: capture files through one Pipeline, as ``analyze`` (and tests) need them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from .capture import FileSource, merged
+from .config import Config, load
+from .metrics import AeLabeler
+from .pipeline import Pipeline
+
+
+def open_sources(paths: Iterable[str], ports: Iterable[int]) -> list[FileSource]:
+    """Open every file first, so a bad one fails before any work (raises CaptureError)."""
+    ports = list(ports)
+    return [FileSource(path, ports) for path in paths]
+
+
+def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Iterable[int] = (),
+        on_association: Callable | None = None, tick: Callable[[Pipeline], None] | None = None) -> Pipeline:
+    """Feed every frame of ``sources`` (merged by timestamp) through a new Pipeline and finish it.
+
+    Read errors (e.g. a truncated file) stop that file; they are left in ``source.error``.
+    ``tick`` is called every 16384 frames (progress display).
+    """
+    cfg = cfg or load(None)
+    pipe = Pipeline(cfg.flow_settings(extra_ports), AeLabeler(cfg.max_ae_titles, cfg.ae_aliases), on_association)
+    decoders = {id(s): pipe.decoder(s.linktype) for s in sources}
+    packet = pipe.packet
+    count = 0
+    for ts, frame, src in merged(sources):
+        packet(ts, frame, decoders[id(src)])
+        count += 1
+        if tick is not None and count & 0x3FFF == 0:
+            tick(pipe)
+    pipe.finish()
+    return pipe
+
+
+def analyze_files(paths: Iterable[str], ports: Iterable[int] = (), cfg: Config | None = None,
+                  on_association: Callable | None = None) -> Pipeline:
+    cfg = cfg or load(None)
+    ports = sorted(set(cfg.ports) | set(ports))
+    return run(open_sources(paths, ports), cfg, ports, on_association)

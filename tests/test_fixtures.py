@@ -1,0 +1,98 @@
+"""Real traffic: every committed capture against the peers' own record and against tshark.
+
+Captures and their truth files are made by tests/fixtures/record_fixtures.py with DCMTK and
+pynetdicom peers (see tests/fixtures/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import tshark_oracle
+from probe.offline import analyze_files
+from probe.report import association_record
+
+CAPTURES = Path(__file__).parent / "fixtures" / "captures"
+TRUTHS = sorted(CAPTURES.glob("*.truth.json"))
+
+
+def _load(truth_path: Path):
+    truth = json.loads(truth_path.read_text())
+    pcap = CAPTURES / truth.get("capture_file", truth_path.name.replace(".truth.json", ".pcap"))
+    records: list[dict] = []
+    pipe = analyze_files([str(pcap)], truth["server_ports"], on_association=lambda a: records.append(association_record(a)))
+    return truth, pcap, pipe, records
+
+
+def _key(a: dict) -> tuple:
+    reject = a.get("reject") or {}
+    abort = a.get("abort") or {}
+    return (
+        a["calling_ae"], a["called_ae"], a["outcome"],
+        reject.get("result"), reject.get("source"), reject.get("reason"),
+        abort.get("by"), abort.get("source"), abort.get("reason"),
+    )
+
+
+def test_there_are_fixtures():
+    assert len(TRUTHS) >= 3, "the recorded captures are missing"
+
+
+@pytest.mark.parametrize("truth_path", TRUTHS, ids=lambda p: p.name.replace(".truth.json", ""))
+def test_associations_match_peers_record(truth_path):
+    truth, _pcap, pipe, records = _load(truth_path)
+    expected = Counter(_key(a) for a in truth["associations"])
+    got = Counter(_key(r) for r in records)
+    assert got == expected
+    # Nothing in these clean captures is lost, malformed or out of place.
+    store = pipe.store
+    assert store.get("dicom_probe_stream_gaps_total") == 0
+    assert sum(store.values["dicom_probe_pdu_errors_total"].values()) == 0
+    assert sum(store.values["dicom_probe_protocol_violations_total"].values()) == 0
+    assert store.get("dicom_associations_active") == 0
+    for r in records:
+        assert r["rq_seen"] is True
+        if r["outcome"] in ("released", "rejected", "ended-without-release") or (r.get("abort") or {}).get("phase") == "established":
+            assert r["setup_seconds"] is not None and 0 <= r["setup_seconds"] < 30
+
+
+@pytest.mark.parametrize("truth_path", TRUTHS, ids=lambda p: p.name.replace(".truth.json", ""))
+def test_exported_counts_match_peers_record(truth_path):
+    truth, _pcap, pipe, _records = _load(truth_path)
+    store = pipe.store
+    for (calling, called), want in tshark_oracle.counts_from_truth(truth).items():
+        pair = {"calling_ae": calling, "called_ae": called}
+        assert store.total("dicom_association_requests_total", **pair) == want["requests"], (calling, called)
+        assert store.total("dicom_association_accepts_total", **pair) == want["accepts"], (calling, called)
+        assert store.total("dicom_association_releases_total", **pair) == want["releases"], (calling, called)
+        for (result, source, reason), n in want["rejects"].items():
+            assert store.total("dicom_association_rejects_total", result=result, source=source, reason=reason, **pair) == n
+        assert store.total("dicom_association_rejects_total", **pair) == sum(want["rejects"].values())
+    outcomes = Counter(a["outcome"] for a in truth["associations"])
+    assert store.total("dicom_association_no_response_total") == outcomes["no-response"]
+    assert store.total("dicom_association_closed_without_release_total") == outcomes["ended-without-release"]
+    assert store.total("dicom_association_aborts_total") == outcomes["aborted"]
+    # Setup time is observed for every RQ answered with AC or RJ.
+    answered = sum(sum(h[0]) for h in store.values["dicom_association_setup_seconds"].values())
+    assert answered == store.total("dicom_association_accepts_total") + store.total("dicom_association_rejects_total")
+
+
+@pytest.mark.skipif(not tshark_oracle.tshark_available(), reason="tshark not installed")
+@pytest.mark.parametrize("truth_path", TRUTHS, ids=lambda p: p.name.replace(".truth.json", ""))
+def test_counts_match_tshark(truth_path):
+    truth, pcap, pipe, _records = _load(truth_path)
+    oracle = tshark_oracle.association_counts(str(pcap), truth["server_ports"])
+    store = pipe.store
+    for (calling, called), want in oracle.items():
+        if calling is None:
+            continue  # PDUs tshark could not attach to an RQ
+        pair = {"calling_ae": calling, "called_ae": called}
+        assert store.total("dicom_association_requests_total", **pair) == want["requests"]
+        assert store.total("dicom_association_accepts_total", **pair) == want["accepts"]
+        assert store.total("dicom_association_releases_total", **pair) == want["releases"]
+        for (result, source, reason), n in want["rejects"].items():
+            assert store.total("dicom_association_rejects_total", result=result, source=source, reason=reason, **pair) == n
