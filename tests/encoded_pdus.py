@@ -129,13 +129,13 @@ A_ASSOCIATE_RQ = b"".join([
 # Presentation Context ID 1: Verification; Implicit VR LE
 # User Information: Maximum Length 0 (unlimited), Implementation Class UID
 A_ASSOCIATE_RQ_ECHO = b"".join([
-    struct.pack(">BBI", 0x01, 0x00, 199),  # 68 + 25 + 46 + 60
+    struct.pack(">BBI", 0x01, 0x00, 191),  # 68 + 25 + 50 + 48
     struct.pack(">HH", 0x0001, 0x0000),
     b"ECHO-SCP        ",
     b"ECHOSCU         ",
     bytes(32),
     struct.pack(">BBH", 0x10, 0x00, 21), _b(APPLICATION_CONTEXT),
-    struct.pack(">BBH", 0x20, 0x00, 42), struct.pack(">BBBB", 1, 0, 0, 0),
+    struct.pack(">BBH", 0x20, 0x00, 46), struct.pack(">BBBB", 1, 0, 0, 0),
     struct.pack(">BBH", 0x30, 0x00, 17), _b(VERIFICATION),
     struct.pack(">BBH", 0x40, 0x00, 17), _b(IMPLICIT_VR_LE),
     struct.pack(">BBH", 0x50, 0x00, 44),
