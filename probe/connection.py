@@ -74,16 +74,16 @@ class Connection:
             if chunks:
                 self._deliver(d, chunks, ts, out)
         if flags & (TCP_FIN | TCP_RST):
+            # The sender's stream ends here: bytes before this point that we never saw are a gap.
+            chunks = self.streams[d].finish((seq + len(payload)) & 0xFFFFFFFF)
+            if chunks:
+                self._deliver(d, chunks, ts, out)
             if flags & TCP_RST:
                 self.fin[0] = self.fin[1] = True
             else:
                 self.fin[d] = True
             if self.fin[0] and self.fin[1]:
                 self.close(ts, out)
-            else:
-                chunks = self.streams[d].flush()
-                if chunks:
-                    self._deliver(d, chunks, ts, out)
 
     def close(self, ts: float, out: list) -> None:
         """The transport ended (FIN both ways or RST): flush both directions, then tell the machine."""

@@ -100,6 +100,15 @@ class StreamReassembler:
             self._drain(out)
         return out
 
+    def finish(self, end_seq: int):
+        """FIN or RST at ``end_seq`` (where the sender's stream ends): flush, and a hole before it is a gap."""
+        out = self.flush()
+        if self.next_seq is not None:
+            d = (end_seq - self.next_seq) & _MASK
+            if 0 < d < _HALF:
+                self._add_gap(out, d)
+        return out
+
     def advance(self, n: int) -> None:
         """Account for ``n`` sequence numbers that carry no bytes (SYN, FIN)."""
         if self.next_seq is not None:
