@@ -87,10 +87,23 @@ class FileSource:
             if batch:
                 yield batch
             if n == -1:
-                self.error = f"{self.path}: read error after {len(batch)} frames of the last batch: {_msg(p.geterr())}"
+                self.error = f"{self.path}: {_msg(p.geterr())}"
                 return
             if n == 0:
                 return
+
+    def dispatch_all(self, callback, tick=None) -> None:
+        """Call ``callback(ts, frame)`` for every frame, straight from libpcap; ``tick()`` between batches."""
+        p = self._p
+        while True:
+            n = p.dispatch(BATCH, callback)
+            if n == -1:
+                self.error = f"{self.path}: {_msg(p.geterr())}"
+                return
+            if n == 0:
+                return
+            if tick is not None:
+                tick()
 
     def packets(self) -> Iterator[tuple]:
         for batch in self.batches():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from .capture import FileSource, merged
 from .config import Config, load
@@ -21,18 +22,22 @@ def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Itera
     """Feed every frame of ``sources`` (merged by timestamp) through a new Pipeline and finish it.
 
     Read errors (e.g. a truncated file) stop that file; they are left in ``source.error``.
-    ``tick`` is called every 16384 frames (progress display).
+    ``tick(pipeline)`` is called every few thousand frames (progress display).
     """
     cfg = cfg or load(None)
     pipe = Pipeline(cfg.flow_settings(extra_ports), AeLabeler(cfg.max_ae_titles, cfg.ae_aliases), on_association)
-    decoders = {id(s): pipe.decoder(s.linktype) for s in sources}
-    packet = pipe.packet
-    count = 0
-    for ts, frame, src in merged(sources):
-        packet(ts, frame, decoders[id(src)])
-        count += 1
-        if tick is not None and count & 0x3FFF == 0:
-            tick(pipe)
+    if len(sources) == 1:
+        src = sources[0]
+        src.dispatch_all(partial(pipe.packet, pipe.decoder(src.linktype)), tick and (lambda: tick(pipe)))
+    else:
+        decoders = {id(s): pipe.decoder(s.linktype) for s in sources}
+        packet = pipe.packet
+        count = 0
+        for ts, frame, src in merged(sources):
+            packet(decoders[id(src)], ts, frame)
+            count += 1
+            if tick is not None and count & 0xFFF == 0:
+                tick(pipe)
     pipe.finish()
     return pipe
 

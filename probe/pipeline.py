@@ -43,7 +43,9 @@ class Pipeline:
             d = self._decoders[linktype] = Decoder(linktype)
         return d
 
-    def packet(self, ts: float, frame: bytes, decoder: Decoder) -> None:
+    def packet(self, decoder: Decoder, ts: float, frame: bytes) -> None:
+        """One captured frame (decoder first, so ``functools.partial(packet, decoder)`` is the
+        capture callback)."""
         self.packets += 1
         self.bytes += len(frame)
         if ts > self.last_ts:
