@@ -74,8 +74,10 @@ class Connection:
             if chunks:
                 self._deliver(d, chunks, ts, out)
         if flags & (TCP_FIN | TCP_RST):
-            # The sender's stream ends here: bytes before this point that we never saw are a gap.
-            chunks = self.streams[d].finish((seq + len(payload)) & 0xFFFFFFFF)
+            # A FIN marks where the sender's stream ends: bytes before it that we never saw are a
+            # gap. An RST's sequence number proves nothing (a dead peer's kernel answers with any).
+            stream = self.streams[d]
+            chunks = stream.finish((seq + len(payload)) & 0xFFFFFFFF) if flags & TCP_FIN else stream.flush()
             if chunks:
                 self._deliver(d, chunks, ts, out)
             if flags & TCP_RST:

@@ -71,8 +71,9 @@ class StreamReassembler:
         if self._ooo_bytes > self.max_buffer:
             self.overflows += 1
             out: list = []
-            self._gap_to_earliest(out)
-            self._drain(out)
+            while self._ooo_bytes > self.max_buffer:
+                self._gap_to_earliest(out)
+                self._drain(out)
             return out
         return []
 
@@ -80,16 +81,18 @@ class StreamReassembler:
         """The other direction acknowledged up to ``ack``; returns chunks if that proves a loss."""
         if not self._ooo or self.next_seq is None:
             return []
-        d = (ack - self.next_seq) & _MASK
-        if d == 0 or d >= _HALF:
-            return []
         out: list = []
-        first = self._earliest()
-        if ((first - self.next_seq) & _MASK) <= d:
-            self._gap_to_earliest(out)
-        else:
-            self._add_gap(out, d)
-        self._drain(out)
+        # Every hole below ``ack`` was received by the peer but never captured: declare each one.
+        while self._ooo:
+            d = (ack - self.next_seq) & _MASK
+            if d == 0 or d >= _HALF:
+                break
+            first = self._earliest()
+            if ((first - self.next_seq) & _MASK) <= d:
+                self._gap_to_earliest(out)
+            else:
+                self._add_gap(out, d)
+            self._drain(out)
         return out
 
     def flush(self):

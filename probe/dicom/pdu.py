@@ -379,6 +379,14 @@ _JUDGE_LEN = {
 RESYNC_WINDOW = max(_JUDGE_LEN.values())
 
 
+def _plausible_length(pdu_type: int, length: int) -> bool:
+    if pdu_type == codes.PDU_P_DATA_TF:
+        return PDV_HEADER_LEN <= length <= RESYNC_MAX_PDATA_LEN
+    if pdu_type in (codes.PDU_ASSOCIATE_RQ, codes.PDU_ASSOCIATE_AC):
+        return ASSOCIATE_FIXED_LEN <= length <= RESYNC_MAX_ASSOCIATE_LEN
+    return length == 4
+
+
 def _printable_ae(field: bytes) -> bool:
     return all(0x20 <= b < 0x7F for b in field) and field.strip(b" ") != b""
 
@@ -386,27 +394,24 @@ def _printable_ae(field: bytes) -> bool:
 def plausible_header(buf, pos: int) -> bool | None:
     """Is there a plausible PDU at buf[pos:]? None means "need more bytes to tell"."""
     pdu_type = buf[pos]
-    need = _JUDGE_LEN[pdu_type]
-    if len(buf) - pos < need:
+    if len(buf) - pos < PDU_HEADER_LEN:
         return None
     (length,) = _U32.unpack_from(buf, pos + 2)
+    if not _plausible_length(pdu_type, length):
+        return False  # decided without waiting for the body
+    if len(buf) - pos < _JUDGE_LEN[pdu_type]:
+        return None
     body = pos + PDU_HEADER_LEN
     if pdu_type == codes.PDU_P_DATA_TF:
-        if not PDV_HEADER_LEN <= length <= RESYNC_MAX_PDATA_LEN:
-            return False
         pdv_len, context_id, control = _PDV_HEADER_STRUCT.unpack_from(buf, body)
         # PS3.8 §9.3.5.1: presentation context IDs are odd; only bits 0-1 of the control header are used.
         return 2 <= pdv_len <= length - 4 and context_id & 1 == 1 and control <= 3
     if pdu_type in (codes.PDU_ASSOCIATE_RQ, codes.PDU_ASSOCIATE_AC):
-        if not ASSOCIATE_FIXED_LEN <= length <= RESYNC_MAX_ASSOCIATE_LEN:
-            return False
         if buf[body : body + 4] != b"\x00\x01\x00\x00":  # protocol version 1, reserved
             return False
         if pdu_type == codes.PDU_ASSOCIATE_RQ:
             return _printable_ae(buf[body + 4 : body + 20]) and _printable_ae(buf[body + 20 : body + 36])
         return True
-    if length != 4:
-        return False
     if pdu_type == codes.PDU_ASSOCIATE_RJ:
         return buf[body] == 0 and buf[body + 1] in (1, 2) and buf[body + 2] in (1, 2, 3)
     if pdu_type == codes.PDU_ABORT:
@@ -480,7 +485,7 @@ class PduFramer:
                 self._pdu_left -= take
                 self.data_bytes += take
                 if self._pdv_left == 0:
-                    self._end_pdv()
+                    self._end_pdv(events, ts)
             elif state == _SKIP:
                 take = min(self._pdu_left, n - pos)
                 pos += take
@@ -529,7 +534,7 @@ class PduFramer:
                 self._pdv_left -= nbytes
                 self._pdu_left -= nbytes
                 if self._pdv_left == 0:
-                    self._end_pdv()
+                    self._end_pdv(events, ts)
                 return events
             if state == _COMMAND:
                 events.append(PduLost(ts, codes.PDU_P_DATA_TF))
@@ -625,21 +630,28 @@ class PduFramer:
             if self._state == _COMMAND:
                 self._on_command(events, ts)
             else:
-                self._end_pdv()
+                self._end_pdv(events, ts)
 
     def _on_command(self, events: list, ts: float) -> None:
         events.append(CommandFragment(ts, self._pdv_context, self._pdv_last, bytes(self._buf)))
         self._pdu_left -= len(self._buf)
         self._buf.clear()
-        self._end_pdv()
+        self._end_pdv(events, ts)
 
-    def _end_pdv(self) -> None:
-        if self._pdu_left > 0:
+    def _end_pdv(self, events: list | None = None, ts: float = 0.0) -> None:
+        left = self._pdu_left
+        if left >= PDV_HEADER_LEN:
             self._state = _PDV_HEADER
             self._need = PDV_HEADER_LEN
-        else:
+        elif left == 0:
             self._state = _HEADER
             self._need = PDU_HEADER_LEN
+        else:
+            # 1-5 bytes left: too few for a PDV header. Skip them rather than read the next PDU's
+            # header as the rest of one.
+            if events is not None:
+                events.append(ProtocolError(ts, "bad-pdv-length", codes.PDU_P_DATA_TF))
+            self._state = _SKIP
 
     def _enter_skip(self) -> None:
         if self._pdu_left > 0:
