@@ -35,7 +35,6 @@ IMPLEMENTATION_VERSION_AC = "PYNETDICOM_304"  # [14]
 SENTINEL_USER = b"SENTINEL_USER"  # [13] user identity primary field (username)
 SENTINEL_PASS = b"SENTINEL_PASS"  # [13] user identity secondary field (passcode)
 SENTINEL_RESP = b"SENTINEL_RESP"  # [13] user identity server response
-SENTINELS = (b"SENTINEL",)  # any of these in an event's repr() is a leak
 
 
 def _b(s: str) -> bytes:

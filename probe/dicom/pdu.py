@@ -528,6 +528,9 @@ class PduFramer:
         events: list = []
         state = self._state
         buffered = len(self._buf)
+        if state == _RESYNC:
+            self._discard(buffered)  # bytes before the hole cannot join those after it
+            return events
         if state in (_DATA, _PDV_HEADER, _COMMAND, _SKIP) and buffered + nbytes <= self._pdu_left:
             # Still inside the current P-DATA-TF (or skipped) PDU, whose end is known.
             if state == _DATA and nbytes <= self._pdv_left:
