@@ -35,7 +35,7 @@ _CONTROL_EVENTS = (P.AssociateRequest, P.AssociateAccept, P.AssociateReject, P.P
 
 
 class Connection:
-    __slots__ = ("client", "server", "machine", "streams", "framers", "fin", "closed", "last_ts",
+    __slots__ = ("client", "server", "machine", "streams", "framers", "fin", "fin_seq", "closed", "last_ts",
                  "deadline", "limits", "syn_seen")
 
     def __init__(self, client: str, server: str, *, from_syn: bool, limits: Limits):
@@ -47,6 +47,7 @@ class Connection:
         self.framers: list[P.PduFramer | None] = [None, None]  # made at the direction's first byte
         self.syn_seen = [False, False]
         self.fin = [False, False]
+        self.fin_seq: list[int | None] = [None, None]
         self.closed = False
         self.last_ts = 0.0
         self.deadline = 0  # timing-wheel bucket, owned by the flow table
@@ -74,16 +75,13 @@ class Connection:
             if chunks:
                 self._deliver(d, chunks, ts, out)
         if flags & (TCP_FIN | TCP_RST):
-            # A FIN marks where the sender's stream ends: bytes before it that we never saw are a
-            # gap. An RST's sequence number proves nothing (a dead peer's kernel answers with any).
-            stream = self.streams[d]
-            chunks = stream.finish((seq + len(payload)) & 0xFFFFFFFF) if flags & TCP_FIN else stream.flush()
-            if chunks:
-                self._deliver(d, chunks, ts, out)
-            if flags & TCP_RST:
-                self.fin[0] = self.fin[1] = True
-            else:
+            if flags & TCP_FIN:
+                # Where the sender's stream ends. Retransmissions may still fill holes before it
+                # (a FIN can overtake them), so holes are settled only when the connection closes.
+                self.fin_seq[d] = (seq + len(payload)) & 0xFFFFFFFF
                 self.fin[d] = True
+            else:
+                self.fin[0] = self.fin[1] = True  # an RST's sequence number proves nothing
             if self.fin[0] and self.fin[1]:
                 self.close(ts, out)
 
@@ -111,8 +109,11 @@ class Connection:
     # -- internals ------------------------------------------------------------------------------
 
     def _flush(self, ts: float, out: list) -> None:
+        """Settle both directions: what is still buffered is delivered, holes become gaps (up to
+        the FIN, when one was seen)."""
         for d in (0, 1):
-            chunks = self.streams[d].flush()
+            stream, end = self.streams[d], self.fin_seq[d]
+            chunks = stream.flush() if end is None else stream.finish(end)
             if chunks:
                 self._deliver(d, chunks, ts, out)
 
