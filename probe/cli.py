@@ -13,7 +13,8 @@ from .config import ConfigError, load
 from .decode import Decoder
 from .offline import open_sources, run
 from .pipeline import Pipeline
-from .report import association_json, render_table
+from .metrics import AeLabeler
+from .report import ResponseTimes, association_json, render_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,10 +106,12 @@ def _analyze(args) -> int:
                   file=sys.stderr)
 
     out = sys.stdout
-    on_association = (lambda a: out.write(association_json(a) + "\n")) if args.format == "json" else None
+    labeler = AeLabeler(cfg.max_ae_titles, cfg.ae_aliases)
+    times = ResponseTimes(labeler)
+    on_association = (lambda a: out.write(association_json(a) + "\n")) if args.format == "json" else times.add
     progress = _Progress(sum(s.size for s in sources), sys.stderr.isatty() and not args.quiet)
     try:
-        pipe = run(sources, cfg, args.port, on_association, progress.tick)
+        pipe = run(sources, cfg, args.port, on_association, progress.tick, labeler)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -118,7 +121,7 @@ def _analyze(args) -> int:
 
     try:
         if args.format == "table":
-            out.write(render_table(pipe.store))
+            out.write(render_table(pipe.store, times))
         elif args.format == "prom":
             out.write(pipe.store.render().decode())
         out.flush()

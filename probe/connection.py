@@ -24,6 +24,15 @@ class StreamGap:
 
 
 @dataclass(frozen=True, slots=True)
+class PDataBytes:
+    """A P-DATA-TF PDU (header included) of an association, and which way it went."""
+
+    association: object
+    to_acceptor: bool
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_stream_buffer: int = 256 * 1024  # out-of-order bytes held per direction
     max_control_pdu: int = 1 << 20
@@ -140,10 +149,18 @@ class Connection:
             else:
                 events = framer.feed(chunk, ts)
             for ev in events:
-                if isinstance(ev, _CONTROL_EVENTS):
+                cls = ev.__class__
+                if cls is P.CommandFragment:
+                    machine.command(ev, from_client, out)
+                elif cls is P.PDataTF:
                     machine.pdu(ev, from_client, out)
-                elif ev.__class__ is P.CommandFragment:
-                    pass  # DIMSE decoding consumes these (issue 3)
+                    a = machine.current
+                    if a is not None and a.outcome is None:
+                        to_acceptor = from_client == a.requestor_is_client
+                        a.pdata_bytes[0 if to_acceptor else 1] += ev.length + 6
+                        out.append(PDataBytes(a, to_acceptor, ev.length + 6))
+                elif isinstance(ev, _CONTROL_EVENTS):
+                    machine.pdu(ev, from_client, out)
                 else:
                     if ev.__class__ is P.PduLost:
                         machine.lost()

@@ -15,11 +15,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from . import __version__
 from .dicom import association as A
+from . import connection as C
 from .dicom import codes
+from .dicom import dimse as D
+from .dicom.sopclasses import sop_class_label
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
 SETUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RESPONSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0, 600.0)
 
 PAIR = ("calling_ae", "called_ae")
 
@@ -49,6 +54,22 @@ FAMILIES: tuple[Family, ...] = (
     Family("dicom_association_setup_seconds", HISTOGRAM, ("called_ae",),
            "Time from the first byte of A-ASSOCIATE-RQ to the A-ASSOCIATE-AC or -RJ.", SETUP_BUCKETS),
     Family("dicom_associations_active", GAUGE, (), "Associations requested or established and not yet ended."),
+    Family("dicom_presentation_contexts_total", COUNTER, PAIR + ("abstract_syntax", "result"),
+           "Presentation contexts answered in an A-ASSOCIATE-AC, by SOP class keyword and result (PS3.8 Table 9-18)."),
+    Family("dicom_pdata_bytes_total", COUNTER, PAIR + ("direction",),
+           "P-DATA-TF bytes (PDU headers included), to_server (requestor to acceptor) or to_client."),
+    Family("dicom_dimse_requests_total", COUNTER, PAIR + ("command",),
+           "DIMSE request messages (C-STORE, C-FIND, ..., C-CANCEL), from either side."),
+    Family("dicom_dimse_responses_total", COUNTER, PAIR + ("command", "status_class", "status"),
+           "DIMSE responses by status class (success, pending, cancel, warning, failure; PS3.7 Annex C) and code."),
+    Family("dicom_dimse_response_seconds", HISTOGRAM, ("command",),
+           "Time from a DIMSE request to its final (non-pending) response.", RESPONSE_BUCKETS),
+    Family("dicom_dimse_suboperations_total", COUNTER, PAIR + ("command", "outcome"),
+           "C-MOVE/C-GET sub-operations completed, failed or warning, from the final response."),
+    Family("dicom_dimse_unanswered_total", COUNTER, PAIR + ("command",),
+           "DIMSE requests without a final response when their association ended."),
+    Family("dicom_dimse_unmatched_responses_total", COUNTER, PAIR + ("command",),
+           "DIMSE responses whose request was not seen (capture started mid-operation)."),
     Family("dicom_probe_packets_total", COUNTER, ("interface",), "Frames received from the capture (after the BPF filter)."),
     Family("dicom_probe_bytes_total", COUNTER, ("interface",), "Bytes of the frames received from the capture."),
     Family("dicom_probe_frames_skipped_total", COUNTER, ("kind",),
@@ -59,6 +80,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("dicom_probe_resyncs_total", COUNTER, (),
            "Times the PDU framer found a plausible PDU header again after losing the framing."),
     Family("dicom_probe_pdu_errors_total", COUNTER, ("kind",), "Malformed PDUs or items, by kind."),
+    Family("dicom_probe_dimse_errors_total", COUNTER, ("kind",),
+           "Command sets that could not be used: malformed, unknown command field, status missing, ..."),
     Family("dicom_probe_protocol_violations_total", COUNTER, ("kind",),
            "Well-formed PDUs the association state machine does not allow where they were seen."),
     Family("dicom_probe_flows_active", GAUGE, (), "TCP connections tracked."),
@@ -71,6 +94,15 @@ FAMILIES: tuple[Family, ...] = (
     Family("dicom_probe_build_info", GAUGE, ("version",), "Always 1; the probe's version."),
 )
 FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
+
+
+def markdown_table() -> str:
+    """README's metric reference, generated from FAMILIES (``python -m probe.metrics``)."""
+    rows = ["| name | type | labels | meaning |", "|---|---|---|---|"]
+    for f in FAMILIES:
+        labels = ", ".join(f"`{label}`" for label in f.labels) or "—"
+        rows.append(f"| `{f.name}` | {f.kind} | {labels} | {f.help} |")
+    return "\n".join(rows)
 
 # Fixed AE label values. They cannot collide with a real title: a real title starting with "(" has
 # that character escaped as %28 (see AeLabeler).
@@ -238,7 +270,13 @@ class AssociationMetrics:
             s.inc("dicom_association_requests_total", self._pair(n.association))
         elif t is A.AssociationAccepted:
             a = n.association
-            s.inc("dicom_association_accepts_total", self._pair(a))
+            pair = self._pair(a)
+            s.inc("dicom_association_accepts_total", pair)
+            proposed = {c.context_id: c.abstract_syntax for c in a.request.contexts} if a.request else {}
+            for c in a.accept.contexts:
+                s.inc("dicom_presentation_contexts_total", pair + (
+                    sop_class_label(proposed.get(c.context_id, "")) if proposed else "(not-seen)",
+                    codes.context_result_name(c.result)))
             if a.setup_seconds is not None:
                 s.observe("dicom_association_setup_seconds", (self.labeler.label(a.called_ae),), a.setup_seconds)
         elif t is A.AssociationRejected:
@@ -262,8 +300,34 @@ class AssociationMetrics:
             s.inc("dicom_association_no_response_total", self._pair(n.association))
         elif t is A.ProtocolViolation:
             s.inc("dicom_probe_protocol_violations_total", (n.kind,))
+        elif t is C.PDataBytes:
+            s.inc("dicom_pdata_bytes_total", self._pair(n.association) + ("to_server" if n.to_acceptor else "to_client",),
+                  n.nbytes)
+        elif t is D.DimseRequest:
+            s.inc("dicom_dimse_requests_total", self._pair(n.association) + (n.command,))
+        elif t is D.DimseResponse:
+            pair = self._pair(n.association)
+            s.inc("dicom_dimse_responses_total", pair + (n.command, n.status_class, D.status_code(n.status)))
+            if n.seconds is not None:
+                s.observe("dicom_dimse_response_seconds", (n.command,), n.seconds)
+            if not n.matched:
+                s.inc("dicom_dimse_unmatched_responses_total", pair + (n.command,))
+        elif t is D.SubOperations:
+            pair = self._pair(n.association)
+            for outcome in ("completed", "failed", "warning"):
+                v = getattr(n, outcome)
+                if v:
+                    s.inc("dicom_dimse_suboperations_total", pair + (n.command, outcome), v)
+        elif t is D.Unanswered:
+            s.inc("dicom_dimse_unanswered_total", self._pair(n.association) + (n.command,))
+        elif t is D.DimseError:
+            s.inc("dicom_probe_dimse_errors_total", (n.kind,))
 
     def sync_label_counters(self) -> None:
         """Copy the labeler's counters into the store (they are cumulative)."""
         self.store.set("dicom_probe_ae_titles_invalid_total", (), self.labeler.invalid)
         self.store.set("dicom_probe_ae_title_overflow_total", (), self.labeler.overflow)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -18,14 +18,16 @@ def open_sources(paths: Iterable[str], ports: Iterable[int]) -> list[FileSource]
 
 
 def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Iterable[int] = (),
-        on_association: Callable | None = None, tick: Callable[[Pipeline], None] | None = None) -> Pipeline:
+        on_association: Callable | None = None, tick: Callable[[Pipeline], None] | None = None,
+        labeler: AeLabeler | None = None) -> Pipeline:
     """Feed every frame of ``sources`` (merged by timestamp) through a new Pipeline and finish it.
 
     Read errors (e.g. a truncated file) stop that file; they are left in ``source.error``.
     ``tick(pipeline)`` is called every few thousand frames (progress display).
     """
     cfg = cfg or load(None)
-    pipe = Pipeline(cfg.flow_settings(extra_ports), AeLabeler(cfg.max_ae_titles, cfg.ae_aliases), on_association)
+    labeler = labeler or AeLabeler(cfg.max_ae_titles, cfg.ae_aliases)
+    pipe = Pipeline(cfg.flow_settings(extra_ports), labeler, on_association)
     if len(sources) == 1:
         src = sources[0]
         src.dispatch_all(partial(pipe.packet, pipe.decoder(src.linktype)), tick and (lambda: tick(pipe)))

@@ -11,13 +11,16 @@ from collections.abc import Callable
 from . import connection as C
 from .decode import Decoder
 from .dicom import association as A
+from .dicom import dimse as D
 from .dicom import pdu as P
 from .flows import FlowSettings, FlowTable
 from .metrics import AeLabeler, AssociationMetrics, MetricStore
 
-_NOTIFICATIONS = (A.AssociationOpened, A.AssociationEnded, A.AssociationRequested, A.AssociationAccepted,
-                  A.AssociationRejected, A.AssociationAborted, A.ReleaseCompleted, A.ClosedWithoutRelease,
-                  A.NoResponse, A.ProtocolViolation)
+_NOTIFICATIONS = frozenset((
+    A.AssociationOpened, A.AssociationEnded, A.AssociationRequested, A.AssociationAccepted, A.AssociationRejected,
+    A.AssociationAborted, A.ReleaseCompleted, A.ClosedWithoutRelease, A.NoResponse, A.ProtocolViolation,
+    C.PDataBytes, D.DimseRequest, D.DimseResponse, D.SubOperations, D.Unanswered, D.DimseError,
+))
 
 
 class Pipeline:

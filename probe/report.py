@@ -7,6 +7,8 @@ second tally.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 from .dicom import association as A
 from .dicom import codes
@@ -83,11 +85,29 @@ def association_record(a: A.Association) -> dict:
             "implementation_class_uid": ui.implementation_class_uid,
             "implementation_version_name": ui.implementation_version_name,
         }
+    if a.dimse is not None and a.dimse.stats:
+        rec["operations"] = {name: _operation_summary(st) for name, st in sorted(a.dimse.stats.items())}
+    if a.pdata_bytes[0] or a.pdata_bytes[1]:
+        rec["pdata_bytes"] = {"to_server": a.pdata_bytes[0], "to_client": a.pdata_bytes[1]}
     if a.lost_pdus:
         rec["capture_loss"] = a.lost_pdus
     if a.protocol_errors:
         rec["protocol_errors"] = a.protocol_errors
     return rec
+
+
+def _operation_summary(st) -> dict:
+    out: dict = {"requests": st.requests, "responses": dict(sorted(st.responses.items()))}
+    if st.times:
+        times = sorted(st.times)
+        out["response_seconds"] = {"min": round(times[0], 6), "median": round(statistics.median(times), 6),
+                                   "max": round(times[-1], 6)}
+    for key in ("cancels", "unanswered"):
+        if getattr(st, key):
+            out[key] = getattr(st, key)
+    if st.suboperations:
+        out["suboperations"] = dict(st.suboperations)
+    return out
 
 
 def association_json(a: A.Association) -> str:
@@ -154,21 +174,80 @@ def _fmt(key: str, value) -> str:
     return str(value)
 
 
-def render_table(store: MetricStore) -> str:
+def render_table(store: MetricStore, times: "ResponseTimes | None" = None) -> str:
     rows = pair_rows(store)
     lines = []
     if not rows:
         lines.append("No DICOM associations found.")
     else:
-        cells = [[h for h, _ in COLUMNS]] + [[_fmt(k, r[k]) for _, k in COLUMNS] for r in rows]
-        widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-        numeric = {i for i, (_, k) in enumerate(COLUMNS) if k not in ("calling_ae", "called_ae", "top_reason")}
-        for c in cells:
-            lines.append("  ".join(c[i].rjust(widths[i]) if i in numeric else c[i].ljust(widths[i])
-                                   for i in range(len(COLUMNS))).rstrip())
+        lines += _grid(COLUMNS, rows, {k for _, k in COLUMNS} - {"calling_ae", "called_ae", "top_reason"})
+    ops = dimse_rows(store, times)
+    if ops:
+        lines.append("")
+        lines += _grid(DIMSE_COLUMNS, ops, {"requests", "failed", "p50_ms", "p95_ms"})
     lines.append("")
     lines.extend(health_lines(store))
     return "\n".join(lines) + "\n"
+
+
+class ResponseTimes:
+    """Response times per (calling, called, command) label tuple, for the table's p50/p95.
+
+    A report-side tally: the exported histogram is per command only (bounded cardinality)."""
+
+    def __init__(self, labeler: AeLabeler):
+        self.labeler = labeler
+        self.times: dict[tuple, list[float]] = {}
+
+    def add(self, a: A.Association) -> None:
+        if a.dimse is None:
+            return
+        pair = (self.labeler.label(a.calling_ae), self.labeler.label(a.called_ae))
+        for name, st in a.dimse.stats.items():
+            if st.times:
+                self.times.setdefault(pair + (name,), []).extend(st.times)
+
+
+def _quantile(sorted_times: list[float], q: float) -> float:
+    """Nearest-rank quantile."""
+    return sorted_times[max(0, math.ceil(q * len(sorted_times)) - 1)]
+
+
+def dimse_rows(store: MetricStore, times: ResponseTimes | None) -> list[dict]:
+    rows: dict[tuple, dict] = {}
+    for (calling, called, command), n in store.values["dicom_dimse_requests_total"].items():
+        rows.setdefault((calling, called, command), {"requests": 0, "failures": {}})["requests"] += n
+    for (calling, called, command, cls, status), n in store.values["dicom_dimse_responses_total"].items():
+        r = rows.setdefault((calling, called, command), {"requests": 0, "failures": {}})
+        if cls == "failure":
+            r["failures"][status] = r["failures"].get(status, 0) + n
+    out = []
+    for (calling, called, command), r in rows.items():
+        failed = sum(r["failures"].values())
+        top = sorted(r["failures"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        t = sorted(times.times.get((calling, called, command), [])) if times else []
+        out.append({
+            "calling_ae": calling, "called_ae": called, "command": command, "requests": r["requests"],
+            "failed": failed, "top_status": " ".join(f"{code}x{int(n)}" for code, n in top),
+            "p50_ms": f"{1000 * _quantile(t, 0.5):.1f}" if t else "-",
+            "p95_ms": f"{1000 * _quantile(t, 0.95):.1f}" if t else "-",
+        })
+    out.sort(key=lambda r: (-r["failed"], -r["requests"], r["calling_ae"], r["called_ae"], r["command"]))
+    return out
+
+
+DIMSE_COLUMNS = (
+    ("CALLING AE", "calling_ae"), ("CALLED AE", "called_ae"), ("COMMAND", "command"), ("REQUESTS", "requests"),
+    ("FAILED", "failed"), ("TOP FAILURE STATUS", "top_status"), ("P50 MS", "p50_ms"), ("P95 MS", "p95_ms"),
+)
+
+
+def _grid(columns, rows, numeric_keys) -> list[str]:
+    cells = [[h for h, _ in columns]] + [[_fmt(k, r[k]) for _, k in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    numeric = {i for i, (_, k) in enumerate(columns) if k in numeric_keys}
+    return ["  ".join(c[i].rjust(widths[i]) if i in numeric else c[i].ljust(widths[i])
+                      for i in range(len(columns))).rstrip() for c in cells]
 
 
 def health_lines(store: MetricStore) -> list[str]:
@@ -189,6 +268,9 @@ def health_lines(store: MetricStore) -> list[str]:
         + (" (" + ", ".join(f"{k[0]} {int(n)}" for k, n in sorted(errors.items())) + ")" if errors else "")
         + f", protocol violations {int(sum(v['dicom_probe_protocol_violations_total'].values()))}",
     ]
+    dimse_errors = v["dicom_probe_dimse_errors_total"]
+    if dimse_errors:
+        lines.append("  DIMSE command errors " + ", ".join(f"{k[0]} {int(n)}" for k, n in sorted(dimse_errors.items())))
     invalid = int(store.get("dicom_probe_ae_titles_invalid_total"))
     overflow = int(store.get("dicom_probe_ae_title_overflow_total"))
     if invalid or overflow:

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import pdu as P
+from .dimse import DimseTracker
 
 # States.
 IDLE = "idle"
@@ -170,6 +171,8 @@ class Association:
     accept: P.AssociateAccept | None = None
     lost_pdus: int = 0
     protocol_errors: int = 0
+    dimse: DimseTracker | None = None
+    pdata_bytes: list = field(default_factory=lambda: [0, 0])  # P-DATA-TF bytes to the acceptor, to the requestor
 
 
 # Notifications: what the machine tells the sinks. Each carries the association it concerns.
@@ -262,6 +265,13 @@ class AssociationMachine:
         self._uncertain = True
         if self.current is not None:
             self.current.lost_pdus += 1
+            self.current.dimse.lost()
+
+    def command(self, fragment: P.CommandFragment, from_client: bool, out: list) -> None:
+        """A command PDV; DIMSE messages belong to the open association (if any)."""
+        if self.current is not None and self.state not in (IDLE, DONE):
+            self.current.dimse.fragment(from_client, fragment.context_id, fragment.last, fragment.data,
+                                        fragment.ts, out)
 
     def closed(self, ts: float, out: list) -> None:
         self._step(CLOSED, ts, None, out)
@@ -290,6 +300,7 @@ class AssociationMachine:
 
     def _new(self, ts: float, from_client: bool | None, out: list, rq_seen: bool) -> Association:
         a = Association(self.client, self.server, rq_seen=rq_seen, start_ts=ts)
+        a.dimse = DimseTracker(a)
         if from_client is not None and rq_seen:
             a.requestor_is_client = from_client
         self.current = a
@@ -310,6 +321,7 @@ class AssociationMachine:
     def _finish(self, a: Association, outcome: str, ts: float, out: list) -> None:
         a.outcome = outcome
         a.end_ts = ts
+        a.dimse.finish(out)
         out.append(AssociationEnded(a))
 
     # -- actions (PS3.8 §9.2 names in comments) -------------------------------------------------
