@@ -7,6 +7,7 @@ list every mistake at once and a typo names the key (with a suggestion).
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,68 @@ def _ports(v):
     return None
 
 
+def _port_range(lo, hi):
+    def check(v):
+        return None if lo <= v <= hi else f"must be between {lo} and {hi}"
+    return check
+
+
+def _interfaces(v):
+    if not v:
+        return "needs at least one interface (or 'any')"
+    for name in v:
+        if not isinstance(name, str) or not name or len(name) > 15 or "/" in name or " " in name:
+            return f"{name!r} is not an interface name"
+    return None
+
+
+def _workers(v):
+    if v == "auto":
+        return None
+    if isinstance(v, int) and 1 <= v <= 256:
+        return None
+    return "must be 'auto' or a number from 1 to 256"
+
+
+def _listen(v):
+    from .http import parse_listen  # the HTTP module owns the syntax
+
+    try:
+        parse_listen(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _destination(v):
+    return None if v else "must be 'stdout', 'none' or a file path"
+
+
+def _sites(v):
+    import ipaddress
+
+    for name, nets in v.items():
+        if not isinstance(name, str) or not name or any(c in name for c in '"\\\n{}'):
+            return f"site name {name!r} must be a plain string"
+        if isinstance(nets, str):
+            nets = [nets]
+        if not isinstance(nets, list) or not nets:
+            return f"site {name!r} needs a list of networks (CIDR)"
+        for net in nets:
+            try:
+                ipaddress.ip_network(str(net), strict=False)
+            except ValueError:
+                return f"site {name!r}: {net!r} is not a network (e.g. 198.19.1.0/24)"
+    return None
+
+
+def _titles(v):
+    for t in v:
+        if not isinstance(t, str) or not t.strip() or len(t.strip()) > 16:
+            return f"{t!r} is not an AE title (1-16 characters)"
+    return None
+
+
 def _aliases(v):
     for k, val in v.items():
         if not isinstance(k, str) or not isinstance(val, str):
@@ -46,6 +109,24 @@ def _aliases(v):
 
 SCHEMA: dict[str, Any] = {
     "ports": Key(list, [104, 11112], _ports, "TCP ports DICOM servers listen on"),
+    "capture": {
+        "interfaces": Key(list, ["any"], _interfaces, "interfaces to capture on (a SPAN/TAP port), or any"),
+        "snaplen": Key(int, 65535, _port_range(128, 262144), "bytes captured per frame"),
+        "buffer_mib": Key(int, 64, _port_range(1, 4096), "kernel capture buffer per worker and interface, MiB"),
+        "promiscuous": Key(bool, True, None, "see traffic not addressed to this host (SPAN/TAP)"),
+        "filter": Key(str, "", None, "extra BPF expression ANDed with the DICOM port filter"),
+    },
+    "workers": Key((int, str), "auto", _workers, "capture worker processes; auto = one per core"),
+    "http": {
+        "listen": Key(str, ":9764", _listen, "HOST:PORT for /metrics and /healthz"),
+    },
+    "event_log": {
+        "destination": Key(str, "stdout", _destination, "stdout (journald), none, or a file path"),
+        "max_bytes": Key(int, 50 << 20, _positive, "rotate the file when it would exceed this size"),
+        "backups": Key(int, 5, _port_range(0, 100), "rotated files kept"),
+    },
+    "sites": Key(dict, {}, _sites, "site name -> client networks (CIDR), e.g. remote-hospital: [198.19.1.0/24]"),
+    "known_ae_titles": Key(list, [], _titles, "AE titles expected on this network; others are reported as new"),
     "flows": {
         "idle_timeout": Key((int, float), 300, _positive, "seconds without a packet before a connection expires"),
         "closed_linger": Key((int, float), 30, _positive, "seconds a closed connection is remembered"),
@@ -89,6 +170,19 @@ class Config:
         )
 
     @property
+    def workers(self) -> int:
+        w = self.raw["workers"]
+        return max(1, os.cpu_count() or 1) if w == "auto" else w
+
+    @property
+    def sites(self) -> dict[str, list[str]]:
+        return {name: ([nets] if isinstance(nets, str) else list(nets)) for name, nets in self.raw["sites"].items()}
+
+    @property
+    def known_ae_titles(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.raw["known_ae_titles"])
+
+    @property
     def max_ae_titles(self) -> int:
         return self.raw["labels"]["max_ae_titles"]
 
@@ -124,7 +218,7 @@ def _validate(schema: dict, data: Any, path: str, errors: list) -> dict:
             out[key] = spec.default
             continue
         value = data[key]
-        ok = isinstance(value, spec.type) and not isinstance(value, bool)
+        ok = isinstance(value, spec.type) and (spec.type is bool or not isinstance(value, bool))
         if not ok:
             errors.append((kpath, f"must be {_type_name(spec.type)}, got {type(value).__name__} {value!r}"))
             out[key] = spec.default

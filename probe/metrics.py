@@ -19,6 +19,7 @@ from . import connection as C
 from .dicom import codes
 from .dicom import dimse as D
 from .dicom.sopclasses import sop_class_label
+from .sites import SiteMap
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
@@ -26,7 +27,8 @@ SETUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 RESPONSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0, 300.0, 600.0)
 
-PAIR = ("calling_ae", "called_ae")
+# Every per-association family: the AE pair, and the site of the requestor's address (config `sites`).
+PAIR = ("calling_ae", "called_ae", "site")
 
 
 @dataclass(frozen=True)
@@ -250,14 +252,18 @@ class MetricStore:
 class AssociationMetrics:
     """Sink: turns the association machine's notifications into metric updates."""
 
-    def __init__(self, store: MetricStore, labeler: AeLabeler):
+    def __init__(self, store: MetricStore, labeler: AeLabeler, sites: SiteMap | None = None):
         self.store = store
         self.labeler = labeler
+        self.sites = sites or SiteMap()
         store.set("dicom_probe_build_info", (__version__,), 1)
         store.set("dicom_associations_active", (), 0)
 
-    def _pair(self, a: A.Association) -> tuple[str, str]:
-        return self.labeler.label(a.calling_ae), self.labeler.label(a.called_ae)
+    def _pair(self, a: A.Association) -> tuple[str, str, str]:
+        site = a.site
+        if site is None:
+            site = a.site = self.sites.site_of(a.client if a.requestor_is_client else a.server)
+        return self.labeler.label(a.calling_ae), self.labeler.label(a.called_ae), site
 
     def handle(self, n) -> None:
         s = self.store

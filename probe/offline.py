@@ -9,6 +9,7 @@ from .capture import FileSource, merged
 from .config import Config, load
 from .metrics import AeLabeler
 from .pipeline import Pipeline
+from .sites import SiteMap
 
 
 def open_sources(paths: Iterable[str], ports: Iterable[int]) -> list[FileSource]:
@@ -27,7 +28,7 @@ def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Itera
     """
     cfg = cfg or load(None)
     labeler = labeler or AeLabeler(cfg.max_ae_titles, cfg.ae_aliases)
-    pipe = Pipeline(cfg.flow_settings(extra_ports), labeler, on_association)
+    pipe = Pipeline(cfg.flow_settings(extra_ports), labeler, on_association, sites=SiteMap(cfg.sites))
     if len(sources) == 1:
         src = sources[0]
         src.dispatch_all(partial(pipe.packet, pipe.decoder(src.linktype)), tick and (lambda: tick(pipe)))

@@ -15,6 +15,7 @@ from .dicom import dimse as D
 from .dicom import pdu as P
 from .flows import FlowSettings, FlowTable
 from .metrics import AeLabeler, AssociationMetrics, MetricStore
+from .sites import SiteMap
 
 _NOTIFICATIONS = frozenset((
     A.AssociationOpened, A.AssociationEnded, A.AssociationRequested, A.AssociationAccepted, A.AssociationRejected,
@@ -25,10 +26,11 @@ _NOTIFICATIONS = frozenset((
 
 class Pipeline:
     def __init__(self, settings: FlowSettings = FlowSettings(), labeler: AeLabeler | None = None,
-                 on_association: Callable[[A.Association], None] | None = None, interface: str = "offline"):
+                 on_association: Callable[[A.Association], None] | None = None, interface: str = "offline",
+                 sites: SiteMap | None = None):
         self.store = MetricStore()
         self.labeler = labeler or AeLabeler()
-        self.metrics = AssociationMetrics(self.store, self.labeler)
+        self.metrics = AssociationMetrics(self.store, self.labeler, sites)
         self.flows = FlowTable(settings)
         self.on_association = on_association
         self.interface = interface

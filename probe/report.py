@@ -31,6 +31,7 @@ def association_record(a: A.Association) -> dict:
         "server": server,
         "calling_ae": _ae(a.calling_ae),
         "called_ae": _ae(a.called_ae),
+        "site": a.site,
         "start": a.start_ts,
         "end": a.end_ts,
         "outcome": a.outcome,
@@ -131,22 +132,18 @@ def pair_rows(store: MetricStore) -> list[dict]:
         return r
 
     v = store.values
-    for (calling, called), n in v["dicom_association_requests_total"].items():
-        row(calling, called)["requests"] += n
-    for (calling, called), n in v["dicom_association_accepts_total"].items():
-        row(calling, called)["accepted"] += n
-    for (calling, called, _res, _src, reason), n in v["dicom_association_rejects_total"].items():
+    for fam, col in (("dicom_association_requests_total", "requests"),
+                     ("dicom_association_accepts_total", "accepted"),
+                     ("dicom_association_aborts_total", "aborts"),
+                     ("dicom_association_releases_total", "releases"),
+                     ("dicom_association_no_response_total", "no_response"),
+                     ("dicom_association_closed_without_release_total", "closed_without_release")):
+        for labels, n in v[fam].items():
+            row(labels[0], labels[1])[col] += n  # summed over sites and the other labels
+    for (calling, called, _site, _res, _src, reason), n in v["dicom_association_rejects_total"].items():
         r = row(calling, called)
         r["rejected"] += n
         r["reasons"][reason] = r["reasons"].get(reason, 0) + n
-    for (calling, called, *_rest), n in v["dicom_association_aborts_total"].items():
-        row(calling, called)["aborts"] += n
-    for (calling, called), n in v["dicom_association_releases_total"].items():
-        row(calling, called)["releases"] += n
-    for (calling, called), n in v["dicom_association_no_response_total"].items():
-        row(calling, called)["no_response"] += n
-    for (calling, called), n in v["dicom_association_closed_without_release_total"].items():
-        row(calling, called)["closed_without_release"] += n
     out = []
     for r in rows.values():
         answered = r["accepted"] + r["rejected"]
@@ -215,9 +212,9 @@ def _quantile(sorted_times: list[float], q: float) -> float:
 
 def dimse_rows(store: MetricStore, times: ResponseTimes | None) -> list[dict]:
     rows: dict[tuple, dict] = {}
-    for (calling, called, command), n in store.values["dicom_dimse_requests_total"].items():
+    for (calling, called, _site, command), n in store.values["dicom_dimse_requests_total"].items():
         rows.setdefault((calling, called, command), {"requests": 0, "failures": {}})["requests"] += n
-    for (calling, called, command, cls, status), n in store.values["dicom_dimse_responses_total"].items():
+    for (calling, called, _site, command, cls, status), n in store.values["dicom_dimse_responses_total"].items():
         r = rows.setdefault((calling, called, command), {"requests": 0, "failures": {}})
         if cls == "failure":
             r["failures"][status] = r["failures"].get(status, 0) + n

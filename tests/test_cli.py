@@ -73,7 +73,7 @@ def test_port_option_adds_a_port(tmp_path):
     none = analyze(ECHO, "--config", cfg, "--format", "prom").stdout
     assert 'dicom_association_requests_total{' not in none  # 11112 filtered out
     some = analyze(ECHO, "--config", cfg, "--port", "11112", "--format", "prom").stdout
-    assert 'dicom_association_requests_total{called_ae="ECHO_LO_SCP",calling_ae="ECHO_LO_SCU"} 3.0' in some
+    assert 'dicom_association_requests_total{called_ae="ECHO_LO_SCP",calling_ae="ECHO_LO_SCU",site="other"} 3.0' in some
 
 
 def _one_line_error(p, *words):

@@ -88,7 +88,7 @@ def test_capture_starting_mid_association(tmp_path):
     assert r["calling_ae"] is None and r["client"].endswith(":" + r["client"].split(":")[-1])
     assert r["server"].endswith(":104")  # roles from the configured port
     assert store.total("dicom_association_requests_total") == 0
-    assert store.get("dicom_association_releases_total", ("(not-seen)", "(not-seen)")) == 1
+    assert store.get("dicom_association_releases_total", ("(not-seen)", "(not-seen)", "other")) == 1
     assert store.get("dicom_probe_resyncs_total") >= 1
 
 

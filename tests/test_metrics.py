@@ -68,7 +68,7 @@ def test_junk_titles_never_break_the_exposition():
     lab = AeLabeler(max_titles=50)
     junk = [bytes([i, 0x22, 0x5C, 0x0A, 0x7B, 0x7D, 255 - i]) for i in range(256)]
     for raw in junk:
-        store.inc("dicom_association_requests_total", (lab.label(raw), "PACS"))
+        store.inc("dicom_association_requests_total", (lab.label(raw), "PACS", "other"))
     text = store.render().decode()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     samples = fams["dicom_association_requests"].samples
@@ -82,10 +82,10 @@ def test_histogram_and_merge_are_additive():
     a, b = MetricStore(), MetricStore()
     a.observe("dicom_association_setup_seconds", ("PACS",), 0.003)
     b.observe("dicom_association_setup_seconds", ("PACS",), 45.0)
-    b.inc("dicom_association_requests_total", ("CT", "PACS"), 2)
-    a.inc("dicom_association_requests_total", ("CT", "PACS"))
+    b.inc("dicom_association_requests_total", ("CT", "PACS", "other"), 2)
+    a.inc("dicom_association_requests_total", ("CT", "PACS", "other"))
     a.merge(b)
-    assert a.get("dicom_association_requests_total", ("CT", "PACS")) == 3
+    assert a.get("dicom_association_requests_total", ("CT", "PACS", "other")) == 3
     fams = {f.name: f for f in text_string_to_metric_families(a.render().decode())}
     h = {(s.name, s.labels.get("le")): s.value for s in fams["dicom_association_setup_seconds"].samples}
     assert h[("dicom_association_setup_seconds_bucket", "0.0025")] == 0

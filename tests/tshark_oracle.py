@@ -25,12 +25,15 @@ Known limits of tshark 4.0's DICOM dissector, as seen on these fixtures:
 
 * Only ports given in ``ports`` are decoded as DICOM (``-d tcp.port==N,dicom``;
   104 is registered anyway).  The heuristic dissector is not used.
-* tshark's TCP reassembly needs every segment.  After a lost or uncaptured
-  segment it cannot find the next PDU boundary, so PDUs later in that stream
-  (typically the A-RELEASE / A-ABORT after a large P-DATA) are missed, and a
-  capture that starts in the middle of an association shows no RQ for it.
-  PDUs on a stream without a decoded A-ASSOCIATE-RQ are counted under the key
-  (None, None).  None of the committed fixtures loses segments.
+* tshark's TCP reassembly needs every segment of a PDU.  A PDU with a lost
+  or uncaptured segment is not reported at all; tshark does find the PDUs
+  that follow it (checked by deleting single frames from store_dcmtk_veth.pcap
+  with editcap: dropping one segment of the 9.6 KB A-ASSOCIATE-RQ loses the
+  RQ, dropping a segment of the AC loses the accept, dropping one in the
+  middle of a P-DATA loses nothing that is counted here, and the A-RELEASE
+  PDUs after it are still found).  A stream whose RQ was lost, or a capture
+  that starts in the middle of an association, has its other PDUs counted
+  under the key (None, None).  None of the committed fixtures loses segments.
 * A PDU cut short by the end of the connection (killed_storescu: the P-DATA
   being sent when storescu was SIGKILLed) is never completed, so it is not
   reported at all - which is right for counting purposes.

@@ -172,6 +172,7 @@ class Association:
     lost_pdus: int = 0
     protocol_errors: int = 0
     dimse: DimseTracker | None = None
+    site: str | None = None  # set by the metrics layer (deployment policy, not protocol)
     pdata_bytes: list = field(default_factory=lambda: [0, 0])  # P-DATA-TF bytes to the acceptor, to the requestor
 
 
