@@ -28,20 +28,25 @@ class CaptureError(Exception):
     """A capture that cannot be read (or stopped being readable); the message is one clear line."""
 
 
-def build_filter(ports: Iterable[int], user_filter: str | None = None, *, vlan: bool = True) -> str:
-    """BPF for TCP on the DICOM ports; with ``vlan`` (Ethernet only) also 802.1Q/802.1ad tagged and
-    double-tagged (QinQ) frames.
+def build_filter(ports: Iterable[int], user_filter: str | None = None, *, vlan: bool = True,
+                 shard: str | None = None) -> str:
+    """BPF for TCP on the DICOM ports, ANDed with the user's filter and a worker's shard clause.
 
-    libpcap's ``vlan`` keyword shifts the offsets for the rest of the expression, hence the nesting.
+    With ``vlan`` (Ethernet only) the same test is repeated for 802.1Q/802.1ad tagged and double
+    tagged (QinQ) frames. libpcap's ``vlan`` keyword shifts the offsets for everything after it in
+    the expression, so every clause must sit inside each branch: ``(X) and (Y)`` with a ``vlan`` in X
+    would test Y at the wrong offsets.
     """
     ports = sorted(set(ports))
     if not ports:
         raise ValueError("no DICOM ports configured")
-    tcp = "tcp and (" + " or ".join(f"port {p}" for p in ports) + ")"
-    expr = f"({tcp}) or (vlan and (({tcp}) or (vlan and ({tcp}))))" if vlan else tcp
+    parts = ["tcp and (" + " or ".join(f"port {p}" for p in ports) + ")"]
+    if shard:
+        parts.append(shard)
     if user_filter:
-        expr = f"({expr}) and ({user_filter})"
-    return expr
+        parts.append(user_filter)
+    inner = " and ".join(f"({p})" for p in parts)
+    return f"({inner}) or (vlan and (({inner}) or (vlan and ({inner}))))" if vlan else inner
 
 
 def check_file(path: str) -> None:
@@ -62,7 +67,8 @@ def check_file(path: str) -> None:
 class FileSource:
     """One capture file: ``linktype`` and ``batches()`` of (ts, frame) lists."""
 
-    def __init__(self, path: str, ports: Iterable[int], user_filter: str | None = None):
+    def __init__(self, path: str, ports: Iterable[int], user_filter: str | None = None, shard=None):
+        """``shard()`` may return a BPF clause selecting one worker's share of the connections."""
         check_file(path)
         self.path = path
         try:
@@ -70,7 +76,8 @@ class FileSource:
         except OSError as e:
             raise CaptureError(f"{path}: libpcap cannot open it: {_msg(e)}") from None
         self.linktype = self._p.datalink()
-        bpf = build_filter(ports, user_filter, vlan=self.linktype == DLT_EN10MB)
+        bpf = build_filter(ports, user_filter, vlan=self.linktype == DLT_EN10MB,
+                           shard=shard() if shard is not None else None)
         if bpf:
             try:
                 self._p.setfilter(bpf)
@@ -92,11 +99,12 @@ class FileSource:
             if n == 0:
                 return
 
-    def dispatch_all(self, callback, tick=None) -> None:
+    def dispatch_all(self, callback, tick=None, batch: int | None = None) -> None:
         """Call ``callback(ts, frame)`` for every frame, straight from libpcap; ``tick()`` between batches."""
         p = self._p
+        batch = batch or BATCH
         while True:
-            n = p.dispatch(BATCH, callback)
+            n = p.dispatch(batch, callback)
             if n == -1:
                 self.error = f"{self.path}: {_msg(p.geterr())}"
                 return

@@ -14,7 +14,7 @@ from .decode import Decoder
 from .offline import open_sources, run
 from .pipeline import Pipeline
 from .metrics import AeLabeler
-from .report import ResponseTimes, association_json, render_table
+from .report import ResponseTimes, association_json, record_json, render_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--format", choices=("table", "json", "prom"), default="table")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
+    a.add_argument("--workers", type=int, default=1,
+                   help="worker processes sharing the connections (default 1; counts never depend on it)")
+
+    r = sub.add_parser("run", help="the always-on probe: live capture, /metrics, event log")
+    r.add_argument("--config", help="YAML configuration (default: built-in defaults)")
+    r.add_argument("--read", nargs="+", metavar="CAPTURE", help="replay capture files instead of capturing live")
+    r.add_argument("--realtime", action="store_true", help="with --read: replay at the recorded pace")
+    r.add_argument("--workers", type=int, help="override the configured worker count")
+    r.add_argument("--listen", help="override http.listen (HOST:PORT)")
+    r.add_argument("--exit-when-done", action="store_true", help="with --read: exit once the files are read")
+
     c = sub.add_parser("check-config", help="validate a configuration file")
     c.add_argument("file")
     return p
@@ -38,7 +49,38 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "run":
+        return _run(args)
     return _analyze(args)
+
+
+def _run(args) -> int:
+    from .service import Service
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        print("dicom-probe: --workers must be from 1 to 256", file=sys.stderr)
+        return 2
+    if args.listen:
+        from .http import parse_listen
+
+        try:
+            parse_listen(args.listen)
+        except ValueError as e:
+            print(f"dicom-probe: --listen: {e}", file=sys.stderr)
+            return 2
+    if args.read:
+        try:
+            open_sources(args.read, cfg.ports)  # fail early with a clear message
+        except CaptureError as e:
+            print(f"dicom-probe: {e}", file=sys.stderr)
+            return 1
+    return Service(cfg, args.config, read=args.read or (), realtime=args.realtime, workers=args.workers,
+                   listen=args.listen, exit_when_done=args.exit_when_done).run()
 
 
 def _check_config(args) -> int:
@@ -61,7 +103,7 @@ class _Progress:
         self.next = self.start + 0.5
         self.file_bytes = 0
 
-    def update(self, pipe: Pipeline, force: bool = False) -> None:
+    def update(self, packets: int, nbytes: int, associations: int, force: bool = False) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
@@ -71,17 +113,46 @@ class _Progress:
         elapsed = max(now - self.start, 1e-6)
         frac = min(self.file_bytes / self.total, 1.0)
         eta = elapsed * (1 - frac) / frac if frac > 0 else 0
-        sys.stderr.write(f"\r{pipe.packets} frames  {pipe.bytes / 1e6:.1f} MB  {pipe.associations} associations  "
-                         f"{pipe.packets / elapsed:,.0f} frames/s  {100 * frac:.0f}%  ETA {eta:.0f}s ")
+        sys.stderr.write(f"\r{packets} frames  {nbytes / 1e6:.1f} MB  {associations} associations  "
+                         f"{packets / elapsed:,.0f} frames/s  {100 * frac:.0f}%  ETA {eta:.0f}s ")
         sys.stderr.flush()
 
     def tick(self, pipe: Pipeline) -> None:
         self.file_bytes = pipe.bytes + 16 * pipe.packets  # pcap record headers are 16 bytes
-        self.update(pipe)
+        self.update(pipe.packets, pipe.bytes, pipe.associations)
 
     def done(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
+
+
+def _analyze_workers(args, cfg, on_association, progress):
+    """``analyze --workers N``: the daemon's workers and supervisor over the files, then one merge."""
+    from .daemon import Supervisor
+
+    sup = Supervisor(cfg, read=args.captures, workers=args.workers, extra_ports=args.port,
+                     records="json" if on_association else "times")
+    sup.start()
+    try:
+        while not sup.all_done:
+            sup.poll(0.2, restart=False)
+            for rec in sup.records:
+                on_association(rec)
+            sup.records = []
+            store = sup.merged()
+            packets = store.total("dicom_probe_packets_total")
+            nbytes = store.total("dicom_probe_bytes_total")
+            progress.file_bytes = nbytes + 16 * packets
+            progress.update(int(packets), int(nbytes), int(store.total("dicom_association_requests_total")))
+    finally:
+        sup.stop(timeout=2)
+    for rec in sup.records:
+        on_association(rec)
+    store = sup.offline_result()
+    progress.file_bytes = progress.total
+    progress.update(int(store.total("dicom_probe_packets_total")), int(store.total("dicom_probe_bytes_total")),
+                    int(store.total("dicom_association_requests_total")), force=True)
+    return store, sup.errors, sup.times
 
 
 def _analyze(args) -> int:
@@ -110,20 +181,31 @@ def _analyze(args) -> int:
     times = ResponseTimes(labeler)
     on_association = (lambda a: out.write(association_json(a) + "\n")) if args.format == "json" else times.add
     progress = _Progress(sum(s.size for s in sources), sys.stderr.isatty() and not args.quiet)
+    if not 1 <= args.workers <= 256:
+        print("dicom-probe: --workers must be from 1 to 256", file=sys.stderr)
+        return 2
     try:
-        pipe = run(sources, cfg, args.port, on_association, progress.tick, labeler)
+        if args.workers == 1:
+            pipe = run(sources, cfg, args.port, on_association, progress.tick, labeler)
+            store = pipe.store
+            progress.file_bytes = progress.total
+            progress.update(pipe.packets, pipe.bytes, pipe.associations, force=True)
+        else:
+            json_out = (lambda rec: out.write(record_json(rec) + "\n")) if args.format == "json" else None
+            store, errors, worker_times = _analyze_workers(args, cfg, json_out, progress)
+            times.merge(worker_times)
+            for s, e in zip(sources, errors):
+                s.error = s.error or e
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    progress.file_bytes = progress.total
-    progress.update(pipe, force=True)
     progress.done()
 
     try:
         if args.format == "table":
-            out.write(render_table(pipe.store, times))
+            out.write(render_table(store, times))
         elif args.format == "prom":
-            out.write(pipe.store.render().decode())
+            out.write(store.render().decode())
         out.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

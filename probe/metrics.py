@@ -93,6 +93,19 @@ FAMILIES: tuple[Family, ...] = (
            "Distinct AE title values seen with bytes outside the DICOM default repertoire (shown as %XX in labels)."),
     Family("dicom_probe_ae_title_overflow_total", COUNTER, (),
            "AE title sightings shown as (overflow) because the distinct-title cap was reached."),
+    Family("dicom_probe_kernel_drops_total", COUNTER, ("interface",),
+           "Frames dropped by the kernel because a capture buffer was full (libpcap ps_drop), all workers."),
+    Family("dicom_probe_interface_drops_total", COUNTER, ("interface",),
+           "Frames dropped by the interface or its driver (libpcap ps_ifdrop), all workers."),
+    Family("dicom_probe_worker_restarts_total", COUNTER, (), "Capture workers that died and were restarted."),
+    Family("dicom_probe_workers_alive", GAUGE, (), "Capture worker processes running."),
+    Family("dicom_probe_worker_lag_seconds", GAUGE, ("worker",),
+           "Live capture: wall-clock time minus the timestamp of the last packet a worker processed."),
+    Family("dicom_probe_last_packet_age_seconds", GAUGE, (), "Seconds since any worker last received a packet."),
+    Family("dicom_probe_new_ae_titles_total", COUNTER, ("role", "known"),
+           "AE titles seen for the first time as calling or called title; known = listed in known_ae_titles."),
+    Family("dicom_ae_title_first_seen_timestamp_seconds", GAUGE, ("ae_title", "role", "known"),
+           "When the daemon first saw each AE title (Unix time), as calling or called title."),
     Family("dicom_probe_build_info", GAUGE, ("version",), "Always 1; the probe's version."),
 )
 FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
@@ -206,10 +219,17 @@ class MetricStore:
         idx = [(fam.labels.index(k), v) for k, v in match.items()]
         return sum(v for labels, v in self.values[name].items() if all(labels[i] == want for i, want in idx))
 
-    def merge(self, other: "MetricStore") -> None:
+    def merge(self, other: "MetricStore", *, counters_only: bool = False) -> None:
+        self.merge_values(other.values, counters_only=counters_only)
+
+    def merge_values(self, values: dict, *, counters_only: bool = False, skip: frozenset = frozenset()) -> None:
+        """Add another store's ``values`` (e.g. a worker snapshot). Gauges are summed too unless
+        ``counters_only`` (a dead worker's gauges no longer describe anything)."""
         for fam in FAMILIES:
+            if fam.name in skip or (counters_only and fam.kind == GAUGE):
+                continue
             mine = self.values[fam.name]
-            for labels, v in other.values[fam.name].items():
+            for labels, v in values.get(fam.name, {}).items():
                 if fam.kind == HISTOGRAM:
                     h = mine.get(labels)
                     if h is None:

@@ -41,6 +41,13 @@ class Pipeline:
         self._next_expiry = 0.0
         self._decoders: dict[int, Decoder] = {}
         self._out: list = []
+        self.per_interface: dict[str, list[int]] = {}  # live capture: packets, bytes per interface
+
+    def count_interface(self, name: str, packets: int, nbytes: int) -> None:
+        """Attribute frames just fed (by a capture loop reading several interfaces) to ``name``."""
+        c = self.per_interface.setdefault(name, [0, 0])
+        c[0] += packets
+        c[1] += nbytes
 
     def decoder(self, linktype: int) -> Decoder:
         d = self._decoders.get(linktype)
@@ -65,6 +72,16 @@ class Pipeline:
             self._handle(self._out)
             self._out.clear()
 
+    def tick(self, now: float) -> None:
+        """Live capture on a quiet link: let idle timeouts run on the wall clock (which packet
+        timestamps follow) even when no packet arrives."""
+        if now >= self._next_expiry and now > self.last_ts:
+            self._next_expiry = now + 1.0
+            self.flows.expire(now, self._out)
+            if self._out:
+                self._handle(self._out)
+                self._out.clear()
+
     def finish(self) -> None:
         """End of input: every open connection ends (``incomplete`` where undecided)."""
         self.flows.end(self.last_ts, self._out)
@@ -75,8 +92,13 @@ class Pipeline:
     def sync(self) -> None:
         """Copy the cumulative counters kept on the hot path into the metric store."""
         s = self.store
-        s.set("dicom_probe_packets_total", (self.interface,), self.packets)
-        s.set("dicom_probe_bytes_total", (self.interface,), self.bytes)
+        if self.per_interface:
+            for name, (packets, nbytes) in self.per_interface.items():
+                s.set("dicom_probe_packets_total", (name,), packets)
+                s.set("dicom_probe_bytes_total", (name,), nbytes)
+        else:
+            s.set("dicom_probe_packets_total", (self.interface,), self.packets)
+            s.set("dicom_probe_bytes_total", (self.interface,), self.bytes)
         skipped: dict[str, int] = {}
         for d in self._decoders.values():
             for kind, n in d.skipped.items():

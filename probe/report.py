@@ -111,8 +111,12 @@ def _operation_summary(st) -> dict:
     return out
 
 
+def record_json(rec: dict) -> str:
+    return json.dumps(rec, separators=(",", ":"), ensure_ascii=True)
+
+
 def association_json(a: A.Association) -> str:
-    return json.dumps(association_record(a), separators=(",", ":"), ensure_ascii=True)
+    return record_json(association_record(a))
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -203,6 +207,11 @@ class ResponseTimes:
         for name, st in a.dimse.stats.items():
             if st.times:
                 self.times.setdefault(pair + (name,), []).extend(st.times)
+
+    def merge(self, times: dict) -> None:
+        """Add another tally (a worker's ``times``)."""
+        for key, values in times.items():
+            self.times.setdefault(key, []).extend(values)
 
 
 def _quantile(sorted_times: list[float], q: float) -> float:

@@ -1,0 +1,574 @@
+"""Capture workers and their supervisor: the multi-process flow table.
+
+Each worker process owns a disjoint, direction-symmetric share of the connections, chosen by the
+kernel, never by per-packet IPC:
+
+- live capture: every worker opens its own libpcap handle per interface and joins one AF_PACKET
+  fanout group per interface with ``PACKET_FANOUT_HASH`` (the kernel's symmetric flow hash, so both
+  directions of a connection reach the same worker);
+- a capture file: every worker reads the file with a BPF shard clause (:func:`shard_filter`), the sum
+  of both addresses and both ports modulo the worker count — symmetric because addition commutes.
+
+Workers run the ordinary :class:`~probe.pipeline.Pipeline` and send a *cumulative* snapshot of their
+metric store about once a second (plus finished association records). The supervisor keeps the
+latest snapshot of each worker; the exposition is their sum plus the counters of workers that died
+(so totals never go backwards when a worker is restarted), with the AE-title cap applied over all
+workers. Nothing here is on the per-packet path except the worker's capture loop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import pcap
+
+from . import __version__
+from .capture import CaptureError, FileSource, build_filter, merged
+from .config import Config
+from .decode import DLT_EN10MB
+from .metrics import AE_EMPTY, AE_NOT_SEEN, AE_OVERFLOW, FAMILIES, AeLabeler, MetricStore
+from .pipeline import Pipeline
+from .report import ResponseTimes, association_record
+from .sites import SiteMap
+
+SNAPSHOT_INTERVAL = 1.0
+SOL_PACKET = 263
+PACKET_FANOUT = 18
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
+
+# Families the supervisor owns (a sum over workers would be wrong or meaningless). Those in
+# DAEMON_ONLY describe the running daemon and are left out of an offline analysis.
+PARENT_FAMILIES = frozenset((
+    "dicom_probe_build_info", "dicom_probe_worker_restarts_total", "dicom_probe_workers_alive",
+    "dicom_probe_worker_lag_seconds", "dicom_probe_last_packet_age_seconds", "dicom_probe_new_ae_titles_total",
+    "dicom_ae_title_first_seen_timestamp_seconds", "dicom_probe_ae_title_overflow_total",
+))
+DAEMON_ONLY = PARENT_FAMILIES - {"dicom_probe_build_info", "dicom_probe_ae_title_overflow_total"}
+AE_LABELS = ("calling_ae", "called_ae")
+_FIXED_TITLES = (AE_NOT_SEEN, AE_EMPTY, AE_OVERFLOW)
+
+
+def shard_filter(count: int, index: int) -> str | None:
+    """BPF selecting worker ``index`` of ``count``'s share of TCP connections in a capture file.
+
+    libpcap's ``tcp[...]`` offsets only follow IPv4, so IPv6 uses fixed offsets for a TCP header right
+    after the IPv6 header; IPv6 frames with extension headers all go to worker 0, so that every frame
+    is read by exactly one worker. :func:`probe.capture.build_filter` repeats it per VLAN depth.
+    """
+    if count <= 1:
+        return None
+    v4 = f"(ip and ((ip[12:4] + ip[16:4] + tcp[0:2] + tcp[2:2]) % {count} = {index}))"
+    v6_words = " + ".join(f"ip6[{o}:4]" for o in range(8, 40, 4))
+    v6 = f"(ip6 and ip6[6] = 6 and (({v6_words} + ip6[40:2] + ip6[42:2]) % {count} = {index}))"
+    clause = f"{v4} or {v6}"
+    if index == 0:
+        clause += " or (ip6 and ip6[6] != 6)"
+    return clause
+
+
+# -- the worker process ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    index: int
+    count: int
+    read: tuple[str, ...] = ()  # capture files to replay (merged by time) instead of live interfaces
+    realtime: bool = False  # replay at the recorded pace
+    fanout_base: int = 0  # live: fanout group id base, one group per interface
+    extra_ports: tuple[int, ...] = ()
+    records: str | None = "json"  # "json": send association records; "times": a response-time tally
+
+
+def _join_fanout(handle, group: int) -> socket.socket:
+    sock = socket.socket(fileno=os.dup(handle.fileno()))  # pypcap's int fd is not a socket object
+    mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", (group & 0xFFFF) | (mode << 16)))
+    return sock
+
+
+def open_live(interface: str, cfg: Config, ports, fanout_group: int | None):
+    """A non-blocking libpcap handle on ``interface`` with the DICOM filter (and fanout)."""
+    cap = cfg.raw["capture"]
+    try:
+        handle = pcap.pcap(name=interface, snaplen=cap["snaplen"], promisc=cap["promiscuous"], timeout_ms=100,
+                           immediate=True, buffer_size=cap["buffer_mib"] << 20)
+    except OSError as e:
+        raise CaptureError(f"interface {interface}: cannot capture: {e}") from None
+    bpf = build_filter(ports, cap["filter"] or None, vlan=handle.datalink() == DLT_EN10MB)
+    try:
+        handle.setfilter(bpf)
+    except OSError as e:
+        raise CaptureError(f"interface {interface}: bad capture filter: {e}") from None
+    handle.setnonblock(True)
+    keep = _join_fanout(handle, fanout_group) if fanout_group is not None else None
+    return handle, keep
+
+
+class _Worker:
+    def __init__(self, plan: WorkerPlan, cfg: Config, conn):
+        self.plan = plan
+        self.cfg = cfg
+        self.conn = conn
+        self.stop = False
+        self.records: list[dict] = []
+        self.labeler = AeLabeler(cfg.max_ae_titles, cfg.ae_aliases)
+        self.sites = SiteMap(cfg.sites)
+        self.times = ResponseTimes(self.labeler)
+        on_association = {"json": self._record, "times": self.times.add}.get(plan.records)
+        self.pipe = Pipeline(cfg.flow_settings(plan.extra_ports), self.labeler, on_association,
+                             interface="offline" if plan.read else "any", sites=self.sites)
+        self.ports = sorted(set(cfg.ports) | set(plan.extra_ports))
+        self.handles: list = []  # live: (name, handle, fanout socket, decoder)
+        self.last_packet_wall = 0.0
+        self.done = False
+        self.error: str | None = None
+
+    def _record(self, a) -> None:
+        self.records.append(association_record(a))
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def snapshot(self, final: bool = False) -> dict:
+        self.pipe.sync()
+        stats = {}
+        for name, handle, _sock, _dec in self.handles:
+            try:
+                recv, drop, ifdrop = handle.stats()
+            except OSError:
+                continue
+            acc = stats.setdefault(name, [0, 0])
+            acc[0] += drop
+            acc[1] += ifdrop
+        store = self.pipe.store
+        for name, (drop, ifdrop) in stats.items():
+            store.set("dicom_probe_kernel_drops_total", (name,), drop)
+            store.set("dicom_probe_interface_drops_total", (name,), ifdrop)
+        records, self.records[:] = list(self.records), []
+        return {
+            "values": store.values,
+            "records": records,
+            "last_packet_wall": self.last_packet_wall,
+            "last_packet_ts": self.pipe.last_ts,
+            "handles": len(self.handles) if not self.plan.read else 1,
+            "done": self.done,
+            "final": final,
+            "error": self.error,
+            "times": self.times.times if final else {},
+        }
+
+    def _messages(self) -> None:
+        while self.conn.poll():
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                self.stop = True
+                return
+            if msg[0] == "stop":
+                self.stop = True
+            elif msg[0] == "reload":
+                cfg = Config(msg[1])
+                self.labeler.aliases = cfg.ae_aliases
+                self.labeler._cache.clear()  # labels made with the old aliases
+                self.sites.__init__(cfg.sites)
+
+    def _send(self, payload: dict, kind: str = "snapshot") -> None:
+        try:
+            self.conn.send((kind, payload))
+        except (BrokenPipeError, OSError):
+            self.stop = True  # the supervisor is gone
+
+    # -- main loops ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            if self.plan.read:
+                self._run_file()
+            else:
+                self._run_live()
+        except CaptureError as e:
+            self.error = str(e)
+            self._send(self.snapshot(final=True), "error")
+            return 2
+        self._send(self.snapshot(final=True), "final")
+        return 0
+
+    def _run_file(self) -> None:
+        plan = self.plan
+        shard = partial(shard_filter, plan.count, plan.index)
+        user = self.cfg.raw["capture"]["filter"] or None
+        sources = [FileSource(path, self.ports, user, shard=shard) for path in plan.read]
+        next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+
+        def tick():
+            nonlocal next_snapshot
+            self.last_packet_wall = time.time()
+            now = time.monotonic()
+            if now >= next_snapshot:
+                next_snapshot = now + SNAPSHOT_INTERVAL
+                self._messages()
+                self._send(self.snapshot())
+            if self.stop:
+                raise _Stop
+
+        try:
+            if len(sources) == 1:
+                src = sources[0]
+                packet = partial(self.pipe.packet, self.pipe.decoder(src.linktype))
+                if plan.realtime:
+                    packet = _paced(packet)
+                src.dispatch_all(packet, tick, batch=256 if plan.realtime else None)
+            else:
+                decoders = {id(s): self.pipe.decoder(s.linktype) for s in sources}
+                pace = _Pacer() if plan.realtime else None
+                for count, (ts, frame, src) in enumerate(merged(sources), 1):
+                    if pace is not None:
+                        pace.wait(ts)
+                    self.pipe.packet(decoders[id(src)], ts, frame)
+                    if count & 0xFF == 0:
+                        tick()
+        except _Stop:
+            return
+        errors = [s.error for s in sources if s.error]
+        if errors:
+            raise CaptureError(errors[0])
+        self.pipe.finish()
+        self.done = True
+
+    def _run_live(self) -> None:
+        plan = self.plan
+        for i, name in enumerate(self.cfg.raw["capture"]["interfaces"]):
+            group = plan.fanout_base + i if plan.count > 1 else None
+            handle, sock = open_live(name, self.cfg, self.ports, group)
+            self.handles.append((name, handle, sock, self.pipe.decoder(handle.datalink())))
+        pipe = self.pipe
+        by_fd = {h.fileno(): (name, h, partial(pipe.packet, dec)) for name, h, _s, dec in self.handles}
+        next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+        while not self.stop:
+            ready, _, _ = select.select(list(by_fd), [], [], 0.25)
+            for fd in ready:
+                name, handle, cb = by_fd[fd]
+                before_p, before_b = pipe.packets, pipe.bytes
+                try:
+                    n = handle.dispatch(10000, cb)
+                except OSError as e:
+                    raise CaptureError(f"interface {name}: {e}") from None
+                if n < 0:
+                    raise CaptureError(f"interface {name}: {handle.geterr()}")
+                if n:
+                    self.last_packet_wall = time.time()
+                    pipe.count_interface(name, pipe.packets - before_p, pipe.bytes - before_b)
+            pipe.tick(time.time())  # idle timeouts keep running on a quiet link
+            now = time.monotonic()
+            if now >= next_snapshot:
+                next_snapshot = now + SNAPSHOT_INTERVAL
+                self._messages()
+                self._send(self.snapshot())
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Pacer:
+    """Replays at the recorded pace: sleeps until a packet's time offset has passed on the clock."""
+
+    def __init__(self):
+        self._origin: tuple[float, float] | None = None
+
+    def wait(self, ts: float) -> None:
+        if self._origin is None:
+            self._origin = (time.monotonic(), ts)
+        wall0, ts0 = self._origin
+        delay = (ts - ts0) - (time.monotonic() - wall0)
+        if delay > 0:
+            time.sleep(min(delay, 5.0))
+
+
+def _paced(packet):
+    pacer = _Pacer()
+
+    def paced(ts, frame):
+        pacer.wait(ts)
+        packet(ts, frame)
+
+    return paced
+
+
+def worker_main(plan: WorkerPlan, raw_cfg: dict, conn) -> None:
+    code = _Worker(plan, Config(raw_cfg), conn).run()
+    conn.close()
+    os._exit(code)
+
+
+# -- the supervisor --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    plan: WorkerPlan
+    process: multiprocessing.Process | None = None
+    conn: object = None
+    latest: dict | None = None
+    finished: bool = False
+    error: str | None = None
+    started: float = 0.0
+
+
+@dataclass
+class AeTitleRegistry:
+    """AE titles seen so far (over all workers), in first-seen order, with the global cap."""
+
+    cap: int
+    known: frozenset
+    order: dict = field(default_factory=dict)  # (title) -> first seen (unix time)
+    roles: dict = field(default_factory=dict)  # (title, role) -> first seen
+    folded: set = field(default_factory=set)
+
+
+class Supervisor:
+    """Starts and watches the workers, merges their snapshots, and renders the exposition."""
+
+    def __init__(self, cfg: Config, *, read=(), realtime: bool = False, workers: int | None = None,
+                 extra_ports=(), records: str | None = "json"):
+        self.cfg = cfg
+        read = tuple(read or ())
+        self.read = read or None
+        count = workers or cfg.workers
+        base = (os.getpid() * 16) & 0xFFF0
+        self.slots = [_Slot(WorkerPlan(i, count, read, realtime, base, tuple(extra_ports), records))
+                      for i in range(count)]
+        self.retired = MetricStore()  # counters of workers that died
+        self.restarts = 0
+        self.records: list[dict] = []  # finished associations not yet written to the event log
+        self.events: list[dict] = []  # new-AE-title events
+        self.times: dict = {}  # workers' final response-time tallies (records="times")
+        self.titles = AeTitleRegistry(cfg.max_ae_titles, cfg.known_ae_titles)
+        self._ctx = multiprocessing.get_context("fork")
+        self.started_at = time.time()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: _Slot) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=worker_main, args=(slot.plan, self.cfg.raw, child),
+                                 name=f"dicom-probe-worker-{slot.plan.index}", daemon=True)
+        proc.start()
+        child.close()
+        slot.process, slot.conn, slot.started = proc, parent, time.monotonic()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask every worker for its final snapshot, wait for them, then make sure they are gone."""
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                try:
+                    slot.conn.send(("stop",))
+                except (BrokenPipeError, OSError):
+                    pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(s.process is not None and s.process.is_alive() for s in self.slots):
+            self.poll(0.1, restart=False)
+        self.poll(0, restart=False)
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(1)
+
+    def reload(self, cfg: Config) -> list[str]:
+        """Apply what can change without losing counters; return the keys that need a restart."""
+        needs_restart = [k for k in ("ports", "capture", "workers", "http", "flows", "limits")
+                         if cfg.raw[k] != self.cfg.raw[k]]
+        self.titles.known = cfg.known_ae_titles
+        self.titles.cap = cfg.max_ae_titles
+        for slot in self.slots:
+            try:
+                slot.conn.send(("reload", cfg.raw))
+            except (BrokenPipeError, OSError, AttributeError):
+                pass
+        self.cfg = Config({**cfg.raw, **{k: self.cfg.raw[k] for k in needs_restart}})
+        return needs_restart
+
+    @property
+    def all_done(self) -> bool:
+        return all(s.finished for s in self.slots)
+
+    @property
+    def errors(self) -> list[str]:
+        return [s.error for s in self.slots if s.error]
+
+    # -- receiving snapshots --------------------------------------------------------------------
+
+    def poll(self, timeout: float, restart: bool = True) -> None:
+        conns = {s.conn: s for s in self.slots if s.conn is not None}
+        for conn in multiprocessing.connection.wait(list(conns), timeout):
+            slot = conns[conn]
+            try:
+                while conn.poll():
+                    kind, payload = conn.recv()
+                    self._receive(slot, kind, payload)
+            except (EOFError, OSError):
+                self._reap(slot, restart)
+        for slot in self.slots:
+            if slot.process is not None and not slot.process.is_alive() and slot.conn is not None:
+                try:
+                    while slot.conn.poll():
+                        kind, payload = slot.conn.recv()
+                        self._receive(slot, kind, payload)
+                except (EOFError, OSError):
+                    pass
+                self._reap(slot, restart)
+
+    def _receive(self, slot: _Slot, kind: str, payload: dict) -> None:
+        slot.latest = payload
+        self.records.extend(payload.get("records", ()))
+        for key, values in payload.get("times", {}).items():
+            self.times.setdefault(key, []).extend(values)
+        if kind in ("final", "error"):
+            slot.finished = True
+        if kind == "error":
+            slot.error = payload.get("error")
+
+    def _reap(self, slot: _Slot, restart: bool) -> None:
+        """A worker exited. Keep its counters; restart it if it died while capturing live."""
+        if slot.conn is None:
+            return
+        slot.process.join(0.1)
+        slot.conn.close()
+        slot.conn = None
+        if slot.finished:
+            return  # a normal exit: its final snapshot stays in the totals
+        if slot.latest is not None:
+            # Its counters stay in the totals; its gauges describe nothing any more.
+            self.retired.merge_values(slot.latest["values"], counters_only=True)
+            slot.latest = None
+        if restart and self.read is None:
+            self.restarts += 1
+            self._spawn(slot)
+        else:
+            slot.finished = True
+            slot.error = slot.error or f"worker {slot.plan.index} exited with code {slot.process.exitcode}"
+
+    # -- the exposition -------------------------------------------------------------------------
+
+    def merged(self) -> MetricStore:
+        store = MetricStore()
+        store.merge(self.retired)
+        alive = 0
+        last_wall = 0.0
+        now = time.time()
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                alive += 1
+            snap = slot.latest
+            if snap is None:
+                continue
+            store.merge_values(snap["values"], skip=PARENT_FAMILIES)
+            last_wall = max(last_wall, snap["last_packet_wall"])
+            if self.read is None and snap["last_packet_ts"]:
+                store.set("dicom_probe_worker_lag_seconds", (str(slot.plan.index),),
+                          max(0.0, snap["last_packet_wall"] - snap["last_packet_ts"]))
+        store.set("dicom_probe_build_info", (__version__,), 1)
+        store.set("dicom_probe_workers_alive", (), alive)
+        store.set("dicom_probe_worker_restarts_total", (), self.restarts)
+        store.set("dicom_probe_last_packet_age_seconds", (), now - (last_wall or self.started_at))
+        self._titles(store, now)
+        return store
+
+    def _titles(self, store: MetricStore, now: float) -> None:
+        """Apply the global AE-title cap and note titles seen for the first time."""
+        reg = self.titles
+        seen: list[tuple[str, str]] = []
+        for fam in FAMILIES:
+            idx = [(fam.labels.index(r), r) for r in AE_LABELS if r in fam.labels]
+            if not idx:
+                continue
+            for labels in store.values[fam.name]:
+                for i, role in idx:
+                    seen.append((labels[i], role))
+        for title, role in seen:
+            if title in _FIXED_TITLES:
+                continue
+            if title not in reg.order:
+                if len(reg.order) >= reg.cap:
+                    reg.folded.add(title)
+                    continue
+                reg.order[title] = now
+            if (title, role) not in reg.roles:
+                reg.roles[(title, role)] = now
+                known = "true" if title in reg.known else "false"
+                self.events.append({"event": "new-ae-title", "time": round(now, 3), "ae_title": title,
+                                    "role": role.replace("_ae", ""), "known": known == "true"})
+        for (title, role), first in reg.roles.items():
+            known = "true" if title in reg.known else "false"
+            r = role.replace("_ae", "")
+            store.set("dicom_ae_title_first_seen_timestamp_seconds", (title, r, known), round(first, 3))
+            store.inc("dicom_probe_new_ae_titles_total", (r, known))
+        if reg.folded:
+            _fold(store, reg.folded)
+        overflow = sum(v for v in self._worker_overflow())
+        store.set("dicom_probe_ae_title_overflow_total", (), overflow + len(reg.folded))
+
+    def _worker_overflow(self):
+        for snap in [s.latest for s in self.slots if s.latest] + [{"values": self.retired.values}]:
+            yield snap["values"].get("dicom_probe_ae_title_overflow_total", {}).get((), 0)
+
+    def render(self) -> bytes:
+        return self.merged().render()
+
+    def offline_result(self) -> MetricStore:
+        """The merged store as ``analyze`` reports it: without the running daemon's own families."""
+        store = self.merged()
+        for name in DAEMON_ONLY:
+            store.values[name] = {}
+        return store
+
+    def health(self) -> tuple[bool, dict]:
+        alive = [s for s in self.slots if s.process is not None and s.process.is_alive()]
+        handles = sum((s.latest or {}).get("handles", 0) for s in alive)
+        last = max([(s.latest or {}).get("last_packet_wall", 0.0) for s in self.slots] + [0.0])
+        info = {
+            "workers": len(self.slots),
+            "workers_alive": len(alive),
+            "capture_handles_open": handles,
+            "last_packet_age_seconds": round(time.time() - last, 3) if last else None,
+            "restarts": self.restarts,
+            "errors": self.errors,
+        }
+        ok = not self.errors and (len(alive) == len(self.slots) or (self.read is not None and self.all_done))
+        return ok, info
+
+
+def _fold(store: MetricStore, folded: set) -> None:
+    """Re-label series whose AE title is beyond the global cap as (overflow), summing them."""
+    for fam in FAMILIES:
+        idx = [fam.labels.index(r) for r in AE_LABELS if r in fam.labels]
+        if not idx or fam.name == "dicom_ae_title_first_seen_timestamp_seconds":
+            continue
+        series = store.values[fam.name]
+        if not any(labels[i] in folded for labels in series for i in idx):
+            continue
+        new: dict = {}
+        for labels, v in series.items():
+            key = tuple(AE_OVERFLOW if (i in idx and val in folded) else val for i, val in enumerate(labels))
+            if fam.kind == "histogram":
+                h = new.get(key)
+                new[key] = [list(v[0]), v[1]] if h is None else [[a + b for a, b in zip(h[0], v[0])], h[1] + v[1]]
+            else:
+                new[key] = new.get(key, 0) + v
+        store.values[fam.name] = new
