@@ -9,6 +9,7 @@ with_tests=0
 [ "${1:-}" = "--test" ] && with_tests=1
 
 packages=(libpcap-dev gcc python3-dev)
+python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 if [ "$with_tests" = 1 ]; then
   packages+=(tcpdump tshark dcmtk prometheus iproute2 ethtool)
 fi
