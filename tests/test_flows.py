@@ -1,0 +1,123 @@
+"""The flow table: roles, idle timeouts by packet time, closed-connection linger, 4-tuple reuse, cap."""
+
+from __future__ import annotations
+
+import struct
+
+from probe.connection import Limits
+from probe.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from probe.dicom import association as A
+from probe.flows import FlowSettings, FlowTable
+
+CLIENT, SERVER = bytes([198, 19, 1, 21]), bytes([198, 18, 0, 10])
+RQ_BODY = struct.pack(">HH", 1, 0) + b"PACS_MAIN".ljust(16) + b"CT_REMOTE1".ljust(16) + b"\0" * 32
+RQ = struct.pack(">BxI", 1, len(RQ_BODY)) + RQ_BODY
+RJ = bytes([3, 0, 0, 0, 0, 4, 0, 1, 1, 3])
+RELEASE_RP = bytes([6, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+
+
+def seg(from_client, seq, ack, flags, payload=b"", sport=40000):
+    if from_client:
+        return (CLIENT, SERVER, sport, 104, seq, ack, flags, payload)
+    return (SERVER, CLIENT, 104, sport, seq, ack, flags, payload)
+
+
+def ended(out):
+    return [n.association for n in out if isinstance(n, A.AssociationEnded)]
+
+
+def handshake(table, out, ts=0.0, sport=40000):
+    table.segment(seg(True, 100, 0, TCP_SYN, sport=sport), ts, out)
+    table.segment(seg(False, 500, 101, TCP_SYN | TCP_ACK, sport=sport), ts, out)
+
+
+def test_rejected_association_over_a_full_connection():
+    t, out = FlowTable(), []
+    handshake(t, out)
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ), 1.0, out)
+    t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK, RJ), 1.01, out)
+    t.segment(seg(True, 101 + len(RQ), 511, TCP_FIN | TCP_ACK), 1.02, out)
+    t.segment(seg(False, 511, 102 + len(RQ), TCP_FIN | TCP_ACK), 1.03, out)
+    (a,) = ended(out)
+    assert a.outcome == A.REJECTED and a.client == "198.19.1.21:40000" and a.server == "198.18.0.10:104"
+    assert t.active == 0 and t.evicted == {"closed": 1}
+
+
+def test_idle_timeout_by_packet_time_makes_no_response():
+    t, out = FlowTable(FlowSettings(idle_timeout=60)), []
+    handshake(t, out)
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ), 1.0, out)
+    t.expire(30.0, out)
+    assert ended(out) == []
+    t.expire(62.5, out)
+    (a,) = ended(out)
+    assert a.outcome == A.NO_RESPONSE and t.active == 0 and t.evicted["idle"] == 1
+
+
+def test_activity_postpones_the_timeout():
+    t, out = FlowTable(FlowSettings(idle_timeout=60)), []
+    handshake(t, out)
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ), 1.0, out)
+    t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK), 50.0, out)  # a pure ACK is activity
+    t.expire(70.0, out)
+    assert ended(out) == [] and t.active == 1
+    t.expire(111.0, out)
+    assert [a.outcome for a in ended(out)] == [A.NO_RESPONSE]
+
+
+def test_late_segments_of_a_closed_connection_are_ignored_until_reused():
+    t, out = FlowTable(FlowSettings(closed_linger=30)), []
+    handshake(t, out)
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ), 1.0, out)
+    t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK | TCP_RST, RJ), 1.01, out)
+    assert [a.outcome for a in ended(out)] == [A.REJECTED]
+    out.clear()
+    t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK, RJ), 2.0, out)  # a late retransmission
+    t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK, RELEASE_RP), 3.0, out)  # junk after close
+    assert out == [] and len(t) == 1
+    handshake(t, out, ts=4.0)  # the same 4-tuple, a new connection
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ), 5.0, out)
+    assert [type(n).__name__ for n in out][:2] == ["AssociationOpened", "AssociationRequested"]
+    t.expire(400.0, out)  # the new connection idles out too
+    assert len(t) == 0
+
+
+def test_roles_without_a_syn_come_from_the_server_port():
+    t, out = FlowTable(), []
+    t.segment(seg(False, 900, 100, TCP_ACK, RJ), 1.0, out)  # first packet from the server
+    (a,) = ended(out)
+    assert a.outcome == A.REJECTED and a.rq_seen is False
+    assert a.requestor_is_client and a.client == "198.19.1.21:40000"
+
+
+def test_pure_acks_of_unknown_connections_create_nothing():
+    t, out = FlowTable(), []
+    t.segment(seg(True, 1, 1, TCP_ACK), 1.0, out)
+    t.segment(seg(True, 1, 1, TCP_FIN | TCP_ACK), 1.0, out)
+    assert len(t) == 0 and t.ignored_no_flow == 2
+
+
+def test_table_full_is_counted_and_existing_flows_still_work():
+    t, out = FlowTable(FlowSettings(max_flows=2)), []
+    for port in (40000, 40001, 40002, 40003):
+        handshake(t, out, sport=port)
+    assert len(t) == 2 and t.evicted == {"table-full": 4}  # SYN and SYN-ACK of two connections
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ, sport=40000), 1.0, out)
+    assert any(isinstance(n, A.AssociationRequested) for n in out)
+
+
+def test_capture_end_makes_open_associations_incomplete():
+    t, out = FlowTable(), []
+    handshake(t, out)
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ), 1.0, out)
+    t.end(2.0, out)
+    (a,) = ended(out)
+    assert a.outcome == A.INCOMPLETE and t.evicted == {"capture-end": 1} and t.active == 0
+
+
+def test_small_out_of_order_buffer_declares_gaps():
+    t, out = FlowTable(FlowSettings(limits=Limits(max_stream_buffer=8))), []
+    handshake(t, out)
+    t.segment(seg(True, 101 + 20, 501, TCP_ACK, RQ[20:]), 1.0, out)  # the first 20 bytes never come
+    gaps = [n for n in out if type(n).__name__ == "StreamGap"]
+    assert gaps and gaps[0].nbytes == 20
