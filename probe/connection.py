@@ -45,12 +45,13 @@ _CONTROL_EVENTS = (P.AssociateRequest, P.AssociateAccept, P.AssociateReject, P.P
 
 class Connection:
     __slots__ = ("client", "server", "machine", "streams", "framers", "fin", "fin_seq", "closed", "last_ts",
-                 "deadline", "limits", "syn_seen")
+                 "deadline", "limits", "syn_seen", "cache")
 
-    def __init__(self, client: str, server: str, *, from_syn: bool, limits: Limits):
+    def __init__(self, client: str, server: str, *, from_syn: bool, limits: Limits, cache: P.ItemCache | None = None):
         self.client = client
         self.server = server
         self.limits = limits
+        self.cache = cache
         self.machine = AssociationMachine(client, server, from_syn=from_syn)
         self.streams = (StreamReassembler(limits.max_stream_buffer), StreamReassembler(limits.max_stream_buffer))
         self.framers: list[P.PduFramer | None] = [None, None]  # made at the direction's first byte
@@ -132,7 +133,7 @@ class Connection:
             # Without this direction's SYN the first byte need not start a PDU: resynchronise.
             lim = self.limits
             f = self.framers[d] = P.PduFramer(synced=self.syn_seen[d], max_control_pdu=lim.max_control_pdu,
-                                              max_command_bytes=lim.max_command_bytes)
+                                              max_command_bytes=lim.max_command_bytes, cache=self.cache)
         return f
 
     def _deliver(self, d: int, chunks: list, ts: float, out: list) -> None:

@@ -126,7 +126,7 @@ class _Worker:
         self.times = ResponseTimes(self.labeler)
         on_association = {"json": self._record, "times": self.times.add}.get(plan.records)
         self.pipe = Pipeline(cfg.flow_settings(plan.extra_ports), self.labeler, on_association,
-                             interface="offline" if plan.read else "any", sites=self.sites)
+                             interface="offline" if plan.read else None, sites=self.sites)
         self.ports = sorted(set(cfg.ports) | set(plan.extra_ports))
         self.handles: list = []  # live: (name, handle, fanout socket, decoder)
         self.last_packet_wall = 0.0
@@ -253,6 +253,7 @@ class _Worker:
             group = plan.fanout_base + i if plan.count > 1 else None
             handle, sock = open_live(name, self.cfg, self.ports, group)
             self.handles.append((name, handle, sock, self.pipe.decoder(handle.datalink())))
+            self.pipe.count_interface(name, 0, 0)  # the series exist from the start
         pipe = self.pipe
         by_fd = {h.fileno(): (name, h, partial(pipe.packet, dec)) for name, h, _s, dec in self.handles}
         next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL

@@ -66,11 +66,17 @@ SKIP_KINDS = (
 class Decoder:
     """Decodes frames of one link type. Not thread-safe; one per capture source."""
 
-    __slots__ = ("linktype", "skipped", "_link")
+    __slots__ = ("linktype", "skipped", "_link", "fast_offset", "fast_ipv4_type")
 
     def __init__(self, linktype: int):
         self.linktype = linktype
         self.skipped: dict[str, int] = {}
+        # Where an untagged IPv4 header starts, and the 2 bytes before it that say "IPv4", for the
+        # pipeline's fast lane; -1 where the link layer has no fixed layout.
+        self.fast_offset, self.fast_ipv4_type = {
+            DLT_EN10MB: (14, b"\x08\x00"),
+            DLT_LINUX_SLL: (16, b"\x08\x00"),
+        }.get(linktype, (-1, b""))
         self._link = {
             DLT_EN10MB: self._ethernet,
             DLT_LINUX_SLL: self._sll,
