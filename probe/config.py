@@ -132,6 +132,7 @@ SCHEMA: dict[str, Any] = {
         "closed_linger": Key((int, float), 30, _positive, "seconds a closed connection is remembered"),
         "max_flows": Key(int, 100_000, _positive, "connections tracked at most"),
         "max_stream_buffer": Key(int, 256 * 1024, _positive, "out-of-order bytes held per direction"),
+        "max_buffer_total": Key(int, 64 << 20, _positive, "out-of-order bytes held by all connections of a worker"),
     },
     "limits": {
         "max_control_pdu": Key(int, 1 << 20, _positive, "largest A-ASSOCIATE PDU decoded, bytes"),
@@ -165,7 +166,7 @@ class Config:
             idle_timeout=float(f["idle_timeout"]),
             closed_linger=float(f["closed_linger"]),
             max_flows=f["max_flows"],
-            limits=Limits(max_stream_buffer=f["max_stream_buffer"],
+            limits=Limits(max_stream_buffer=f["max_stream_buffer"], max_buffer_total=f["max_buffer_total"],
                           max_control_pdu=self.raw["limits"]["max_control_pdu"]),
         )
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from .dicom import pdu as P
 from .dicom.association import AssociationMachine
-from .stream import StreamReassembler
+from .stream import Budget, StreamReassembler
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,7 @@ class PDataBytes:
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_stream_buffer: int = 256 * 1024  # out-of-order bytes held per direction
+    max_buffer_total: int = 64 << 20  # ... and by all connections of a flow table together
     max_control_pdu: int = 1 << 20
     max_command_bytes: int = 1 << 16
 
@@ -47,13 +48,15 @@ class Connection:
     __slots__ = ("client", "server", "machine", "streams", "framers", "fin", "fin_seq", "closed", "last_ts",
                  "deadline", "limits", "syn_seen", "cache")
 
-    def __init__(self, client: str, server: str, *, from_syn: bool, limits: Limits, cache: P.ItemCache | None = None):
+    def __init__(self, client: str, server: str, *, from_syn: bool, limits: Limits, cache: P.ItemCache | None = None,
+                 budget: Budget | None = None):
         self.client = client
         self.server = server
         self.limits = limits
         self.cache = cache
         self.machine = AssociationMachine(client, server, from_syn=from_syn)
-        self.streams = (StreamReassembler(limits.max_stream_buffer), StreamReassembler(limits.max_stream_buffer))
+        self.streams = (StreamReassembler(limits.max_stream_buffer, budget),
+                        StreamReassembler(limits.max_stream_buffer, budget))
         self.framers: list[P.PduFramer | None] = [None, None]  # made at the direction's first byte
         self.syn_seen = [False, False]
         self.fin = [False, False]

@@ -164,6 +164,7 @@ class _Worker:
             "final": final,
             "error": self.error,
             "times": self.times.times if final else {},
+            "first_seen": dict(self.pipe.metrics.first_seen),
         }
 
     def _messages(self) -> None:
@@ -437,6 +438,7 @@ class Supervisor:
 
     def _receive(self, slot: _Slot, kind: str, payload: dict) -> None:
         slot.latest = payload
+        self._note_titles(payload.get("first_seen", {}))
         self.records.extend(payload.get("records", ()))
         for key, values in payload.get("times", {}).items():
             self.times.setdefault(key, []).extend(values)
@@ -488,38 +490,42 @@ class Supervisor:
         store.set("dicom_probe_workers_alive", (), alive)
         store.set("dicom_probe_worker_restarts_total", (), self.restarts)
         store.set("dicom_probe_last_packet_age_seconds", (), now - (last_wall or self.started_at))
-        self._titles(store, now)
+        self._titles(store)
         return store
 
-    def _titles(self, store: MetricStore, now: float) -> None:
-        """Apply the global AE-title cap and note titles seen for the first time."""
+    def _note_titles(self, first_seen: dict) -> None:
+        """Titles a worker reports with the packet time of the association that brought them."""
         reg = self.titles
-        seen: list[tuple[str, str]] = []
-        for fam in FAMILIES:
-            idx = [(fam.labels.index(r), r) for r in AE_LABELS if r in fam.labels]
-            if not idx:
-                continue
-            for labels in store.values[fam.name]:
-                for i, role in idx:
-                    seen.append((labels[i], role))
-        for title, role in seen:
+        for (title, role), ts in sorted(first_seen.items(), key=lambda kv: kv[1]):
             if title in _FIXED_TITLES:
                 continue
             if title not in reg.order:
                 if len(reg.order) >= reg.cap:
                     reg.folded.add(title)
                     continue
-                reg.order[title] = now
-            if (title, role) not in reg.roles:
-                reg.roles[(title, role)] = now
-                known = "true" if title in reg.known else "false"
-                self.events.append({"event": "new-ae-title", "time": round(now, 3), "ae_title": title,
-                                    "role": role.replace("_ae", ""), "known": known == "true"})
+                reg.order[title] = ts
+            old = reg.roles.get((title, role))
+            if old is None:
+                reg.roles[(title, role)] = ts
+                self.events.append({"event": "new-ae-title", "time": round(ts, 3), "ae_title": title,
+                                    "role": role, "known": title in reg.known})
+            elif ts < old:
+                reg.roles[(title, role)] = ts  # another worker saw it earlier
+
+    def _titles(self, store: MetricStore) -> None:
+        """First-seen times, new-title counts, and the global AE-title cap over all workers."""
+        reg = self.titles
         for (title, role), first in reg.roles.items():
             known = "true" if title in reg.known else "false"
-            r = role.replace("_ae", "")
-            store.set("dicom_ae_title_first_seen_timestamp_seconds", (title, r, known), round(first, 3))
-            store.inc("dicom_probe_new_ae_titles_total", (r, known))
+            store.set("dicom_ae_title_first_seen_timestamp_seconds", (title, role, known), round(first, 3))
+            store.inc("dicom_probe_new_ae_titles_total", (role, known))
+        allowed = reg.order
+        for fam in FAMILIES:  # a title no worker reported yet is over the cap or not yet noted
+            idx = [fam.labels.index(r) for r in AE_LABELS if r in fam.labels]
+            for labels in store.values[fam.name] if idx else ():
+                for i in idx:
+                    if labels[i] not in allowed and labels[i] not in _FIXED_TITLES:
+                        reg.folded.add(labels[i])
         if reg.folded:
             _fold(store, reg.folded)
         overflow = sum(v for v in self._worker_overflow())

@@ -7,22 +7,29 @@ association machine corrects it if the other side turns out to send the A-ASSOCI
 Idle connections expire by packet time through a timing wheel (one bucket per second, a heap of
 bucket numbers): a connection is looked at once per idle-timeout period, never per packet.
 Closed connections linger briefly so that late retransmissions and final ACKs are not mistaken
-for new connections picked up mid-stream.
+for new connections picked up mid-stream. When the table is full, a new connection evicts the oldest
+one that never carried a byte (SYN floods, scans), then the oldest whose association was never
+answered, else the least recently active one: a flood cannot stop the probe from following new
+associations.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 import ipaddress
 import struct
 from dataclasses import dataclass
 
 from .connection import Connection, Limits
 from .decode import TCP_ACK, TCP_SYN
+from .dicom import association as A
 from .dicom.pdu import ItemCache
+from .stream import Budget
 
 
 _PORTS = struct.Struct(">HH")
+_NOT_ANSWERED = (A.IDLE, A.REQUESTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +57,11 @@ class FlowTable:
         # header: the pipeline's fast lane finds a connection with one slice and one lookup.
         self.fast: dict[bytes, tuple] = {}
         self.item_cache = ItemCache()
+        self.budget = Budget(settings.limits.max_buffer_total)
         self._keys: dict[int, tuple] = {}  # id(conn) -> its forward key, for removal
-        self._wheel: dict[int, list[Connection]] = {}
+        self._wheel: dict[int, deque[Connection]] = {}
+        self._handshake: dict[int, Connection] = {}  # connections that carried no payload yet, oldest first
+        self._unanswered: dict[int, Connection] = {}  # payload, but no association answered yet
         self._heap: list[int] = []
         self.active = 0  # connections not yet closed
         self.evicted: dict[str, int] = {}
@@ -72,7 +82,12 @@ class FlowTable:
                 else:
                     return
             else:
+                key = id(conn)
+                if payload and self._handshake.pop(key, None) is not None:
+                    self._unanswered[key] = conn
                 conn.segment(from_client, seq, ack, flags, payload, ts, out)
+                if key in self._unanswered and conn.machine.state not in _NOT_ANSWERED:
+                    del self._unanswered[key]
                 if conn.closed:
                     self._closed(conn, ts)
                 return
@@ -80,8 +95,7 @@ class FlowTable:
             self.ignored_no_flow += 1
             return
         if len(self._keys) >= self.settings.max_flows:
-            self.evicted["table-full"] = self.evicted.get("table-full", 0) + 1
-            return
+            self._evict_one(ts, out)
         # Decide who is the client.
         if flags & TCP_SYN:
             src_is_client = not flags & TCP_ACK
@@ -96,7 +110,7 @@ class FlowTable:
         else:
             client, server = endpoint(dst, dport), endpoint(src, sport)
         conn = Connection(client, server, from_syn=bool(flags & TCP_SYN), limits=self.settings.limits,
-                          cache=self.item_cache)
+                          cache=self.item_cache, budget=self.budget)
         fwd, rev = (src, sport, dst, dport), (dst, dport, src, sport)
         self._table[fwd] = (conn, src_is_client)
         self._table[rev] = (conn, not src_is_client)
@@ -106,6 +120,7 @@ class FlowTable:
             self.fast[bytes(src) + bytes(dst) + ports(sport, dport)] = (conn, d, conn.streams[d], conn.streams[1 - d])
             self.fast[bytes(dst) + bytes(src) + ports(dport, sport)] = (conn, 1 - d, conn.streams[1 - d], conn.streams[d])
         self._keys[id(conn)] = fwd
+        (self._unanswered if payload else self._handshake)[id(conn)] = conn
         self.active += 1
         self._schedule(conn, ts + self.settings.idle_timeout)
         conn.segment(src_is_client, seq, ack, flags, payload, ts, out)
@@ -149,6 +164,45 @@ class FlowTable:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _evict_one(self, ts: float, out: list) -> None:
+        """The table is full: make room for a new connection (PS: a flood must not blind us).
+
+        First the oldest connection that never carried a byte (a SYN flood, port scans), then the
+        oldest whose association was never answered (a flood of half-open associations), else the
+        connection whose idle check comes first (roughly the least recently active).
+        An evicted association ends ``incomplete``; evictions are counted by reason.
+        """
+        if self._handshake:
+            conn = self._handshake.pop(next(iter(self._handshake)))
+            reason = "pressure-handshake"
+        elif self._unanswered:
+            conn = self._unanswered.pop(next(iter(self._unanswered)))
+            reason = "pressure-unanswered"
+        else:
+            conn = self._least_recent()
+            reason = "pressure"
+            if conn is None:
+                return
+        if not conn.closed:
+            conn.end(ts, out)
+            self._collect(conn)
+            self.active -= 1
+        self._remove(conn, reason)
+
+    def _least_recent(self) -> Connection | None:
+        heap, wheel = self._heap, self._wheel
+        while heap:
+            bucket = heap[0]
+            lst = wheel.get(bucket)
+            while lst:
+                conn = lst[0]
+                if id(conn) in self._keys and conn.deadline == bucket:
+                    return conn
+                lst.popleft()  # stale: removed or rescheduled
+            heapq.heappop(heap)
+            wheel.pop(bucket, None)
+        return None
+
     def _closed(self, conn: Connection, ts: float) -> None:
         self.active -= 1
         self.evicted["closed"] = self.evicted.get("closed", 0) + 1
@@ -165,7 +219,7 @@ class FlowTable:
         conn.deadline = bucket
         lst = self._wheel.get(bucket)
         if lst is None:
-            self._wheel[bucket] = [conn]
+            self._wheel[bucket] = deque((conn,))
             heapq.heappush(self._heap, bucket)
         else:
             lst.append(conn)
@@ -174,6 +228,8 @@ class FlowTable:
         fwd = self._keys.pop(id(conn), None)
         if fwd is None:
             return
+        self._handshake.pop(id(conn), None)
+        self._unanswered.pop(id(conn), None)
         src, sport, dst, dport = fwd
         self._table.pop(fwd, None)
         self._table.pop((dst, dport, src, sport), None)

@@ -276,6 +276,8 @@ class AssociationMetrics:
         self.store = store
         self.labeler = labeler
         self.sites = sites or SiteMap()
+        # (AE label, "calling"/"called") -> packet time of the first association that carried it.
+        self.first_seen: dict[tuple[str, str], float] = {}
         store.set("dicom_probe_build_info", (__version__,), 1)
         store.set("dicom_associations_active", (), 0)
 
@@ -283,7 +285,13 @@ class AssociationMetrics:
         site = a.site
         if site is None:
             site = a.site = self.sites.site_of(a.client if a.requestor_is_client else a.server)
-        return self.labeler.label(a.calling_ae), self.labeler.label(a.called_ae), site
+        calling, called = self.labeler.label(a.calling_ae), self.labeler.label(a.called_ae)
+        seen = self.first_seen
+        if (calling, "calling") not in seen:
+            seen[(calling, "calling")] = a.start_ts or 0.0
+        if (called, "called") not in seen:
+            seen[(called, "called")] = a.start_ts or 0.0
+        return calling, called, site
 
     def handle(self, n) -> None:
         s = self.store

@@ -20,11 +20,23 @@ _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 
 
+class Budget:
+    """Out-of-order bytes held by all the streams of one flow table, against a cap."""
+
+    __slots__ = ("used", "cap", "overflows")
+
+    def __init__(self, cap: int):
+        self.used = 0
+        self.cap = cap
+        self.overflows = 0  # times a stream gave up its buffer because the total was over the cap
+
+
 class StreamReassembler:
     __slots__ = ("next_seq", "_ooo", "_ooo_bytes", "max_buffer", "retransmitted", "gap_bytes", "gaps",
-                 "overflows")
+                 "overflows", "budget")
 
-    def __init__(self, max_buffer: int = 256 * 1024):
+    def __init__(self, max_buffer: int = 256 * 1024, budget: "Budget | None" = None):
+        self.budget = budget  # out-of-order bytes shared by every stream of a flow table
         self.next_seq: int | None = None  # None until the first SYN or segment
         self._ooo: dict[int, bytes] = {}
         self._ooo_bytes = 0
@@ -67,11 +79,16 @@ class StreamReassembler:
         old = self._ooo.get(seq)
         if old is None or len(old) < n:
             self._ooo[seq] = payload
-            self._ooo_bytes += n - (len(old) if old else 0)
-        if self._ooo_bytes > self.max_buffer:
+            self._account(n - (len(old) if old else 0))
+        budget = self.budget
+        over_global = budget is not None and budget.used > budget.cap
+        if self._ooo_bytes > self.max_buffer or over_global:
             self.overflows += 1
+            if over_global:
+                budget.overflows += 1
+            limit = 0 if over_global else self.max_buffer  # over the global cap: give up all we hold
             out: list = []
-            while self._ooo_bytes > self.max_buffer:
+            while self._ooo_bytes > limit:
                 self._gap_to_earliest(out)
                 self._drain(out)
             return out
@@ -119,6 +136,11 @@ class StreamReassembler:
 
     # -- internals ----------------------------------------------------------------------------------
 
+    def _account(self, delta: int) -> None:
+        self._ooo_bytes += delta
+        if self.budget is not None:
+            self.budget.used += delta
+
     def _earliest(self) -> int:
         nxt = self.next_seq
         return min(self._ooo, key=lambda s: (s - nxt) & _MASK)
@@ -147,7 +169,7 @@ class StreamReassembler:
                 if behind >= _HALF:
                     continue  # still in the future
                 payload = ooo.pop(seq)
-                self._ooo_bytes -= len(payload)
+                self._account(-len(payload))
                 if behind < len(payload):
                     tail = payload[behind:]
                     out.append(tail)

@@ -14,6 +14,8 @@ RQ_BODY = struct.pack(">HH", 1, 0) + b"PACS_MAIN".ljust(16) + b"CT_REMOTE1".ljus
 RQ = struct.pack(">BxI", 1, len(RQ_BODY)) + RQ_BODY
 RJ = bytes([3, 0, 0, 0, 0, 4, 0, 1, 1, 3])
 RELEASE_RP = bytes([6, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+RELEASE_RQ = bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+AC_MIN = struct.pack(">BxI", 2, len(RQ_BODY)) + RQ_BODY  # an AC with no items
 
 
 def seg(from_client, seq, ack, flags, payload=b"", sport=40000):
@@ -97,13 +99,42 @@ def test_pure_acks_of_unknown_connections_create_nothing():
     assert len(t) == 0 and t.ignored_no_flow == 2
 
 
-def test_table_full_is_counted_and_existing_flows_still_work():
+def test_full_table_evicts_handshake_only_flows_first():
     t, out = FlowTable(FlowSettings(max_flows=2)), []
-    for port in (40000, 40001, 40002, 40003):
-        handshake(t, out, sport=port)
-    assert len(t) == 2 and t.evicted == {"table-full": 4}  # SYN and SYN-ACK of two connections
+    handshake(t, out, sport=40000)
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ, sport=40000), 1.0, out)  # a real association
+    for port in range(50000, 50010):  # a SYN flood
+        t.segment(seg(True, 7, 0, TCP_SYN, sport=port), 2.0, out)
+    assert len(t) == 2 and t.evicted == {"pressure-handshake": 9}
+    t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK, RJ, sport=40000), 3.0, out)
+    assert [a.outcome for a in ended(out)] == [A.REJECTED]  # the association survived the flood
+
+
+def test_half_open_associations_go_before_established_ones():
+    t, out = FlowTable(FlowSettings(max_flows=3)), []
+    handshake(t, out, sport=40000)
     t.segment(seg(True, 101, 501, TCP_ACK, RQ, sport=40000), 1.0, out)
-    assert any(isinstance(n, A.AssociationRequested) for n in out)
+    t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK, AC_MIN, sport=40000), 1.1, out)  # established
+    for port in range(50000, 50005):  # RQs never answered
+        t.segment(seg(True, 7, 0, TCP_SYN, sport=port), 2.0, out)
+        t.segment(seg(True, 8, 0, TCP_ACK, RQ, sport=port), 2.0, out)
+    assert t.evicted == {"pressure-unanswered": 3}
+    assert [a.outcome for a in ended(out)] == [A.INCOMPLETE] * 3
+    t.segment(seg(True, 101 + len(RQ), 501 + len(AC_MIN), TCP_ACK, RELEASE_RQ, sport=40000), 3.0, out)
+    t.segment(seg(False, 501 + len(AC_MIN), 111 + len(RQ), TCP_ACK, RELEASE_RP, sport=40000), 3.1, out)
+    assert ended(out)[-1].outcome == A.RELEASED  # the established association was kept
+
+
+def test_full_table_evicts_the_least_recently_active_association():
+    t, out = FlowTable(FlowSettings(max_flows=2)), []
+    for i, port in enumerate((40000, 40001)):
+        handshake(t, out, ts=float(i), sport=port)
+        t.segment(seg(True, 101, 501, TCP_ACK, RQ, sport=port), 10.0 * (i + 1), out)
+        t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK, AC_MIN, sport=port), 10.0 * (i + 1), out)
+    handshake(t, out, ts=30.0, sport=40002)  # a third connection pushes out the older one (40000)
+    (a,) = ended(out)
+    assert a.client.endswith(":40000") and a.outcome == A.INCOMPLETE
+    assert t.evicted == {"pressure": 1} and len(t) == 2 and t.active == 2
 
 
 def test_capture_end_makes_open_associations_incomplete():
