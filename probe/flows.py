@@ -16,7 +16,7 @@ associations.
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import OrderedDict
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -59,9 +59,11 @@ class FlowTable:
         self.item_cache = ItemCache()
         self.budget = Budget(settings.limits.max_buffer_total)
         self._keys: dict[int, tuple] = {}  # id(conn) -> its forward key, for removal
-        self._wheel: dict[int, deque[Connection]] = {}
-        self._handshake: dict[int, Connection] = {}  # connections that carried no payload yet, oldest first
-        self._unanswered: dict[int, Connection] = {}  # payload, but no association answered yet
+        # Bucket -> connections due then. OrderedDicts throughout: O(1) removal of any entry and
+        # O(1) access to the oldest (a plain dict walks its deleted slots when used as a queue).
+        self._wheel: dict[int, OrderedDict[int, Connection]] = {}
+        self._handshake: OrderedDict[int, Connection] = OrderedDict()  # no payload yet, oldest first
+        self._unanswered: OrderedDict[int, Connection] = OrderedDict()  # payload, but no association answered
         self._heap: list[int] = []
         self.active = 0  # connections not yet closed
         self.evicted: dict[str, int] = {}
@@ -133,9 +135,10 @@ class FlowTable:
         idle, linger = self.settings.idle_timeout, self.settings.closed_linger
         while heap and heap[0] <= now:
             bucket = heapq.heappop(heap)
-            for conn in wheel.pop(bucket, ()):
-                if id(conn) not in self._keys or conn.deadline != bucket:
-                    continue  # removed, or rescheduled to another bucket
+            due = wheel.pop(bucket, None)
+            while due:
+                _, conn = due.popitem(last=False)
+                conn.deadline = 0
                 if conn.closed:
                     if conn.last_ts + linger <= now:
                         self._remove(conn, None)
@@ -173,10 +176,10 @@ class FlowTable:
         An evicted association ends ``incomplete``; evictions are counted by reason.
         """
         if self._handshake:
-            conn = self._handshake.pop(next(iter(self._handshake)))
+            conn = self._handshake.popitem(last=False)[1]
             reason = "pressure-handshake"
         elif self._unanswered:
-            conn = self._unanswered.pop(next(iter(self._unanswered)))
+            conn = self._unanswered.popitem(last=False)[1]
             reason = "pressure-unanswered"
         else:
             conn = self._least_recent()
@@ -192,15 +195,10 @@ class FlowTable:
     def _least_recent(self) -> Connection | None:
         heap, wheel = self._heap, self._wheel
         while heap:
-            bucket = heap[0]
-            lst = wheel.get(bucket)
-            while lst:
-                conn = lst[0]
-                if id(conn) in self._keys and conn.deadline == bucket:
-                    return conn
-                lst.popleft()  # stale: removed or rescheduled
-            heapq.heappop(heap)
-            wheel.pop(bucket, None)
+            due = wheel.get(heap[0])
+            if due:
+                return next(iter(due.values()))
+            wheel.pop(heapq.heappop(heap), None)
         return None
 
     def _closed(self, conn: Connection, ts: float) -> None:
@@ -215,19 +213,26 @@ class FlowTable:
             s.retransmitted = 0
 
     def _schedule(self, conn: Connection, when: float) -> None:
+        self._unschedule(conn)
         bucket = int(when) + 1
         conn.deadline = bucket
-        lst = self._wheel.get(bucket)
-        if lst is None:
-            self._wheel[bucket] = deque((conn,))
+        due = self._wheel.get(bucket)
+        if due is None:
+            due = self._wheel[bucket] = OrderedDict()
             heapq.heappush(self._heap, bucket)
-        else:
-            lst.append(conn)
+        due[id(conn)] = conn
+
+    def _unschedule(self, conn: Connection) -> None:
+        due = self._wheel.get(conn.deadline)
+        if due is not None:
+            due.pop(id(conn), None)
+        conn.deadline = 0
 
     def _remove(self, conn: Connection, reason: str | None) -> None:
         fwd = self._keys.pop(id(conn), None)
         if fwd is None:
             return
+        self._unschedule(conn)  # no reference may outlive the connection's removal
         self._handshake.pop(id(conn), None)
         self._unanswered.pop(id(conn), None)
         src, sport, dst, dport = fwd

@@ -52,7 +52,8 @@ _CSS = """
 --fg:#1f2328;--muted:#59636e;--line:#d0d7de;--head:#f6f8fa}
 *{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Arial,sans-serif;color:var(--fg);
-margin:0;padding:16px 24px;background:#fff}
+margin:0;padding:12px 18px;background:#fff}
+.scroll{overflow-x:auto;max-width:100%}
 header{display:flex;align-items:baseline;gap:16px;flex-wrap:wrap;border-bottom:2px solid var(--line);
 padding-bottom:8px;margin-bottom:12px}
 h1{font-size:22px;margin:0}
@@ -67,16 +68,20 @@ h2{font-size:17px;margin:22px 0 8px}
 font-size:16px;font-weight:600;margin:8px 0 14px}
 .empty{border:2px dashed var(--line);border-radius:6px;padding:10px 14px;color:var(--muted);margin:8px 0 14px}
 table{border-collapse:collapse;margin:4px 0 8px}
-th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:middle}
-th{background:var(--head);font-weight:600;white-space:nowrap}
+th,td{border:1px solid var(--line);padding:3px 6px;text-align:left;vertical-align:middle}
+table.pairs,table.sites,table.failed,table.dimse{font-size:13px}
+th{background:var(--head);font-weight:600}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.ae,td.txt{overflow-wrap:anywhere;max-width:28em}
+td.ae,td.txt{white-space:nowrap}
+td.wrap{overflow-wrap:anywhere;max-width:34em}
+td.reason{min-width:10em}
 tr.bad td{background:var(--badbg)}
 tr.bad td.hot{color:var(--bad);font-weight:700}
 tr.warn td{background:var(--warnbg)}
 tr.warn td.hot{color:var(--warn);font-weight:700}
 td.nowrap{white-space:nowrap}
 svg{vertical-align:middle}
+svg.timeline{max-width:100%;height:auto}
 .kv{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:6px;margin:4px 0 8px}
 .kv div{border:1px solid var(--line);border-radius:4px;padding:4px 8px}
 .kv .k{display:block;color:var(--muted);font-size:12px}
@@ -182,7 +187,8 @@ def _table(head: list[tuple[str, bool]], body: list[str], cls: str = "") -> str:
     """``head``: (label, numeric); ``body``: ready ``<tr>`` rows."""
     ths = "".join(f'<th class="num">{_e(h)}</th>' if num else f"<th>{_e(h)}</th>" for h, num in head)
     c = f' class="{cls}"' if cls else ""
-    return f"<table{c}><thead><tr>{ths}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>\n"
+    return (f'<div class="scroll"><table{c}><thead><tr>{ths}</tr></thead><tbody>\n' + "\n".join(body)
+            + "\n</tbody></table></div>\n")
 
 
 def _td(value, cls: str = "") -> str:
@@ -321,10 +327,10 @@ def _reject_bar(pct: float | None) -> str:
         return '<span class="muted">-</span>'
     w = max(0.0, min(100.0, pct))
     color = "#c62828" if pct > 0 else "#2e7d32"
-    return (f'<svg class="rbar" width="104" height="14" viewBox="0 0 104 14" role="img" '
+    return (f'<svg class="rbar" width="64" height="14" viewBox="0 0 64 14" role="img" '
             f'aria-label="reject {pct:.1f}%"><title>reject {pct:.1f}%</title>'
-            f'<rect x="2" y="2" width="100" height="10" fill="#e8eaed"/>'
-            f'<rect x="2" y="2" width="{w:.1f}" height="10" fill="{color}"/></svg> {_pct(pct)}')
+            f'<rect x="2" y="2" width="60" height="10" fill="#e8eaed"/>'
+            f'<rect x="2" y="2" width="{0.6 * w:.1f}" height="10" fill="{color}"/></svg> {_pct(pct)}')
 
 
 def _deltas(samples) -> list[tuple[float, float, float]]:
@@ -343,20 +349,23 @@ def _sparkline(samples, t0: float, t1: float) -> str:
     pts = _deltas(samples)
     if len(pts) < 2:  # two increases at least, i.e. three samples
         return '<span class="muted">-</span>'
-    W, H = 120, 26
+    W, H = 96, 24
     top = max(max(q, j) for _, q, j in pts) or 1.0
     span = (t1 - t0) or 1.0
 
-    def line(idx):
-        return " ".join(f"{1 + (W - 2) * (p[0] - t0) / span:.1f},{H - 2 - (H - 4) * p[idx] / top:.1f}" for p in pts)
+    def xy(p, idx):
+        return f"{1 + (W - 2) * (p[0] - t0) / span:.1f},{H - 2 - (H - 4) * p[idx] / top:.1f}"
 
+    x_first, x_last = 1 + (W - 2) * (pts[0][0] - t0) / span, 1 + (W - 2) * (pts[-1][0] - t0) / span
+    area = f"{x_first:.1f},{H - 2} " + " ".join(xy(p, 1) for p in pts) + f" {x_last:.1f},{H - 2}"
+    rejects = " ".join(xy(p, 2) for p in pts)
     req, rej = sum(p[1] for p in pts), sum(p[2] for p in pts)
     label = f"{_num(req)} requests, {_num(rej)} rejected from {_iso(t0, ms=False)} to {_iso(pts[-1][0], ms=False)}"
     return (f'<svg class="spark" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{label}">'
             f"<title>{label}</title>"
             f'<rect x="0" y="0" width="{W}" height="{H}" fill="#f6f8fa"/>'
-            f'<polyline points="{line(1)}" fill="none" stroke="#57606a" stroke-width="1.5"/>'
-            f'<polyline points="{line(2)}" fill="none" stroke="#c62828" stroke-width="1.5"/></svg>')
+            f'<polygon points="{area}" fill="#c9d1d9"/>'
+            f'<polyline points="{rejects}" fill="none" stroke="#c62828" stroke-width="1.5"/></svg>')
 
 
 def time_buckets(times: list[float]) -> tuple[float, float, int]:
@@ -407,20 +416,19 @@ def _timeline(records: list[dict]) -> str:
         c[outcome] = c.get(outcome, 0) + 1
     order = list(OUTCOME_COLORS) + sorted({o for _, o in timed} - set(OUTCOME_COLORS))
     peak = max(sum(c.values()) for c in counts)
-    ML, MR, MT, MB, W, H = 48, 12, 12, 46, 1100, 300
+    ML, MR, MT, MB, W, H = 48, 44, 12, 46, 1120, 300
     pw, ph = W - ML - MR, H - MT - MB
     bw = pw / n
     parts = [f'<svg class="timeline" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
              f'aria-label="associations per {_e(_width_text(width))}, by outcome" data-buckets="{n}" '
              f'data-width="{width}" data-origin="{origin}">',
              f'<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="#fafbfc" stroke="#d0d7de"/>']
-    # y grid: 0, half, peak
-    for frac in (0.0, 0.5, 1.0):
-        y = MT + ph - ph * frac
-        val = peak * frac
+    # y grid: 0, the middle (a whole count), the peak
+    for val in sorted({0, peak // 2 if peak >= 4 else 0, peak}):
+        y = MT + ph - ph * val / peak
         parts.append(f'<line x1="{ML}" y1="{y:.1f}" x2="{ML + pw}" y2="{y:.1f}" stroke="#e1e4e8"/>')
         parts.append(f'<text x="{ML - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#59636e">'
-                     f'{_num(round(val, 1) if frac == 0.5 else val)}</text>')
+                     f"{_num(val)}</text>")
     for i, c in enumerate(counts):
         x = ML + i * bw
         b0 = origin + i * width
@@ -493,31 +501,36 @@ def _pair_section(rows: list[dict], last_seen: dict, now: float | None, history:
         return '<p class="muted">No AE pairs.</p>\n'
     head = [("Calling AE", False), ("Called AE", False), ("Site", False), ("Requests", True), ("Accepted", True),
             ("Rejected", True), ("Reject %", False), ("Top reject reason", False), ("Aborts", True),
-            ("No response", True), ("No release", True), ("Released", True), ("Last seen (UTC)", False)]
+            ("No response", True), ("No release", True),
+            ("Last seen", False) if now is not None else ("Last seen (UTC)", False)]
     spark_range = None
     if history:
         ts = [float(s[0]) for samples in history.values() for s in (samples or ())
               if isinstance(s, (tuple, list)) and len(s) >= 3 and isinstance(s[0], (int, float))]
         if ts:
             spark_range = (min(ts), max(ts))
-            head.append(("Trend (requests, rejects)", False))
+            head.append(("Trend", False))
     body = []
     for r in rows:
         lvl = _level(r)
         seen = last_seen.get((r["calling_ae"], r["called_ae"], r["site"]),
                              last_seen.get((r["calling_ae"], r["called_ae"])))
-        seen_txt = "-" if seen is None else _iso(seen, ms=False) + (
-            f' <span class="muted">({_age(now - seen)} ago)</span>' if now is not None else "")
+        if seen is None:
+            seen_txt = "-"
+        elif now is not None:  # the status page: an age, the time as a tooltip
+            seen_txt = f'<span title="{_iso(seen)}">{_age(now - seen)} ago</span>'
+        else:
+            seen_txt = _iso(seen, ms=False)
         abort_tip = f' title="{_e(r["top_abort_reason"])}"' if r["top_abort_reason"] else ""
         cells = [
             _td(_e(r["calling_ae"]), "ae"), _td(_e(r["called_ae"]), "ae"), _td(_e(r["site"]), "txt"),
             _td(_num(r["requests"]), "num"), _td(_num(r["accepted"]), "num"),
             _td(_num(r["rejected"]), "num hot" if r["rejected"] else "num"),
-            _td(_reject_bar(r["reject_pct"]), "nowrap"), _td(_e(r["top_reason"]), "txt hot" if r["rejected"] else "txt"),
+            _td(_reject_bar(r["reject_pct"]), "nowrap"),
+            _td(_e(r["top_reason"]), "reason hot" if r["rejected"] else "reason"),
             f'<td class="num{" hot" if r["aborts"] else ""}"{abort_tip}>{_num(r["aborts"])}</td>',
             _td(_num(r["no_response"]), "num hot" if r["no_response"] else "num"),
-            _td(_num(r["closed_without_release"]), "num"), _td(_num(r["releases"]), "num"),
-            _td(seen_txt, "nowrap"),
+            _td(_num(r["closed_without_release"]), "num"), _td(seen_txt, "nowrap"),
         ]
         if spark_range is not None:
             samples = history.get((r["calling_ae"], r["called_ae"], r["site"]))
@@ -527,7 +540,9 @@ def _pair_section(rows: list[dict], last_seen: dict, now: float | None, history:
         cls = f' class="{lvl}"' if lvl else ""
         body.append(f'<tr{cls} data-pair="{_e(r["calling_ae"])}|{_e(r["called_ae"])}|{_e(r["site"])}">'
                     + "".join(cells) + "</tr>")
-    return _table(head, body, "pairs")
+    note = ('<p class="muted">Trend: requests (grey area) and rejects (red line) per sampling interval, '
+            f"{_iso(spark_range[0], ms=False)} to {_iso(spark_range[1], ms=False)}.</p>\n") if spark_range else ""
+    return _table(head, body, "pairs") + note
 
 
 def _site_section(rows: list[dict]) -> str:
@@ -545,7 +560,8 @@ def _site_section(rows: list[dict]) -> str:
             _td(_e(s["site"]), "txt"), _td(_num(s["pairs"]), "num"), _td(_num(s["calling_aes"]), "num"),
             _td(_num(s["requests"]), "num"), _td(_num(s["accepted"]), "num"),
             _td(_num(s["rejected"]), "num hot" if s["rejected"] else "num"),
-            _td(_reject_bar(s["reject_pct"]), "nowrap"), _td(_e(s["top_reason"]), "txt hot" if s["rejected"] else "txt"),
+            _td(_reject_bar(s["reject_pct"]), "nowrap"),
+            _td(_e(s["top_reason"]), "txt hot" if s["rejected"] else "txt"),
             _td(_num(s["aborts"]), "num hot" if s["aborts"] else "num"),
             _td(_num(s["no_response"]), "num hot" if s["no_response"] else "num"),
             _td(_num(s["closed_without_release"]), "num"), _td(_num(s["releases"]), "num"),
@@ -567,7 +583,7 @@ def _failed_section(records: list[dict], limit: int, newest_first: bool) -> str:
         body.append(f'<tr class="{lvl}">' + "".join([
             _td(_iso(_rec_time(r)), "nowrap"), _td(_e(r.get("client")), "nowrap"), _td(_e(r.get("server")), "nowrap"),
             _td(_e(_ae(r.get("calling_ae"))), "ae"), _td(_e(_ae(r.get("called_ae"))), "ae"),
-            _td(_e(r.get("site")), "txt"), _td(_e(r.get("outcome")), "hot"), _td(_e(_reason_of(r)), "txt"),
+            _td(_e(r.get("site")), "txt"), _td(_e(r.get("outcome")), "hot"), _td(_e(_reason_of(r)), "wrap"),
         ]) + "</tr>")
     shown = min(limit, len(failed))
     note = (f'<p class="muted">Showing the {"newest" if newest_first else "first"} {shown} of {len(failed)}.</p>\n'
@@ -580,7 +596,7 @@ def _kv(items: list[tuple[str, str, str]]) -> str:
     cards = []
     for k, v, lvl in items:
         cls = f' class="{lvl}"' if lvl else ""
-        cards.append(f'<div{cls}><span class="k">{_e(k)}</span><span class="v">{v}</span></div>')
+        cards.append(f'<div{cls}><span class="k">{_e(k)}</span> <span class="v">{v}</span></div>')
     return '<div class="kv">' + "".join(cards) + "</div>\n"
 
 
@@ -695,7 +711,7 @@ def _reason_section(store: MetricStore) -> str:
     out = "<h3>Reject reasons</h3>\n"
     if rejects:
         body = [f'<tr class="bad">{_td(_e(k[0]), "txt hot")}{_td(_e(k[1]))}{_td(_e(k[2]))}{_td(_num(n), "num")}'
-                f'{_td(pairs(s), "txt")}</tr>'
+                f'{_td(pairs(s), "wrap")}</tr>'
                 for k, (n, s) in sorted(rejects.items(), key=lambda kv: (-kv[1][0], kv[0]))]
         out += _table([("Reason", False), ("Result", False), ("Source", False), ("Count", True),
                        ("AE pairs", False)], body, "reasons")
@@ -704,7 +720,7 @@ def _reason_section(store: MetricStore) -> str:
     out += "<h3>Abort reasons</h3>\n"
     if aborts:
         body = [f'<tr class="warn">{_td(_e(k[0]), "txt hot")}{_td(_e(k[1]))}{_td(_e(k[2]))}{_td(_e(k[3]))}'
-                f'{_td(_num(n), "num")}{_td(pairs(s), "txt")}</tr>'
+                f'{_td(_num(n), "num")}{_td(pairs(s), "wrap")}</tr>'
                 for k, (n, s) in sorted(aborts.items(), key=lambda kv: (-kv[1][0], kv[0]))]
         out += _table([("Reason", False), ("By", False), ("Source", False), ("Phase", False), ("Count", True),
                        ("AE pairs", False)], body, "aborts")
@@ -746,8 +762,8 @@ def render_status(store: MetricStore, recent: list[dict], health: dict, *, now: 
     rows = site_pair_rows(store)
     cards, ok = _daemon_health(store, health)
     status = ('<span class="badge ok">probe healthy</span>' if ok else '<span class="badge bad">probe unhealthy</span>')
-    body = (f'<header><h1>dicom-probe</h1><span class="muted">status at {_iso(now, ms=False)} \u00b7 '
-            f"refreshes every 10 s</span>{status}</header>\n"
+    body = (f'<header><h1>dicom-probe</h1> <span class="muted">status at {_iso(now, ms=False)} \u00b7 '
+            f"refreshes every 10 s</span> {status}</header>\n"
             + _alert_block(store)
             + "<h2>AE pairs</h2>\n" + _pair_section(rows, _last_seen(recent), now, history)
             + "<h2>Sites</h2>\n" + _site_section(rows)
@@ -781,7 +797,7 @@ def render_report(store: MetricStore, records: list[dict], *, title: str, source
         o = str(r.get("outcome"))
         outcomes[o] = outcomes.get(o, 0) + 1
     outcome_txt = ", ".join(f"{n} {_e(o)}" for o, n in sorted(outcomes.items(), key=lambda kv: (-kv[1], kv[0])))
-    body = (f"<header><h1>{_e(title)}</h1><span class=\"muted\">dicom-probe incident report</span></header>\n"
+    body = (f"<header><h1>{_e(title)}</h1> <span class=\"muted\">dicom-probe incident report</span></header>\n"
             '<table class="meta"><tbody>\n'
             f"<tr><th>Capture files</th><td><ul style=\"margin:0;padding-left:18px\">{src_items}</ul></td></tr>\n"
             f"<tr><th>Time range (UTC)</th><td>{span}</td></tr>\n"
