@@ -24,8 +24,9 @@ import select
 import signal
 import socket
 import struct
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import pcap
@@ -44,6 +45,7 @@ SOL_PACKET = 263
 PACKET_FANOUT = 18
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
+PACKET_FANOUT_FLAG_UNIQUEID = 0x2000  # Linux >= 4.8: the kernel picks a group id no one uses
 
 # Families the supervisor owns (a sum over workers would be wrong or meaningless). Those in
 # DAEMON_ONLY describe the running daemon and are left out of an offline analysis.
@@ -84,20 +86,31 @@ class WorkerPlan:
     count: int
     read: tuple[str, ...] = ()  # capture files to replay (merged by time) instead of live interfaces
     realtime: bool = False  # replay at the recorded pace
-    fanout_base: int = 0  # live: fanout group id base, one group per interface
+    fanout: tuple[int, ...] | None = None  # live, several workers: the group id per interface
+    # (None: this worker creates the groups with kernel-chosen ids and reports them)
     extra_ports: tuple[int, ...] = ()
     records: str | None = "json"  # "json": send association records; "times": a response-time tally
 
 
-def _join_fanout(handle, group: int) -> socket.socket:
+def _join_fanout(handle, group: int | None) -> tuple[socket.socket, int]:
+    """Join (or, with ``group`` None, create with a kernel-chosen id) the AF_PACKET fanout group.
+
+    A unique id matters: two probes in one network namespace (containers on the host network
+    share PIDs, so no id derived from them is safe) would otherwise split each other's traffic.
+    """
     sock = socket.socket(fileno=os.dup(handle.fileno()))  # pypcap's int fd is not a socket object
     mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
-    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", (group & 0xFFFF) | (mode << 16)))
-    return sock
+    if group is None:
+        mode |= PACKET_FANOUT_FLAG_UNIQUEID
+    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", ((group or 0) & 0xFFFF) | (mode << 16)))
+    assigned = struct.unpack("I", sock.getsockopt(SOL_PACKET, PACKET_FANOUT, 4))[0] & 0xFFFF
+    return sock, assigned
 
 
-def open_live(interface: str, cfg: Config, ports, fanout_group: int | None):
-    """A non-blocking libpcap handle on ``interface`` with the DICOM filter (and fanout)."""
+def open_live(interface: str, cfg: Config, ports, fanout: bool, fanout_group: int | None):
+    """A non-blocking libpcap handle on ``interface`` with the DICOM filter, in a fanout group if
+    ``fanout`` (``fanout_group`` None: a new group with a kernel-chosen id). Returns the handle,
+    the fanout socket to keep, and the group id."""
     cap = cfg.raw["capture"]
     try:
         handle = pcap.pcap(name=interface, snaplen=cap["snaplen"], promisc=cap["promiscuous"], timeout_ms=100,
@@ -110,8 +123,13 @@ def open_live(interface: str, cfg: Config, ports, fanout_group: int | None):
     except OSError as e:
         raise CaptureError(f"interface {interface}: bad capture filter: {e}") from None
     handle.setnonblock(True)
-    keep = _join_fanout(handle, fanout_group) if fanout_group is not None else None
-    return handle, keep
+    if not fanout:
+        return handle, None, None
+    try:
+        sock, group = _join_fanout(handle, fanout_group)
+    except OSError as e:
+        raise CaptureError(f"interface {interface}: cannot join AF_PACKET fanout group: {e}") from None
+    return handle, sock, group
 
 
 class _Worker:
@@ -250,11 +268,14 @@ class _Worker:
 
     def _run_live(self) -> None:
         plan = self.plan
+        groups = []
         for i, name in enumerate(self.cfg.raw["capture"]["interfaces"]):
-            group = plan.fanout_base + i if plan.count > 1 else None
-            handle, sock = open_live(name, self.cfg, self.ports, group)
+            wanted = plan.fanout[i] if plan.fanout else None
+            handle, sock, group = open_live(name, self.cfg, self.ports, plan.count > 1, wanted)
+            groups.append(group)
             self.handles.append((name, handle, sock, self.pipe.decoder(handle.datalink())))
             self.pipe.count_interface(name, 0, 0)  # the series exist from the start
+        self._send({"fanout": tuple(groups)}, "ready")
         pipe = self.pipe
         by_fd = {h.fileno(): (name, h, partial(pipe.packet, dec)) for name, h, _s, dec in self.handles}
         next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
@@ -327,6 +348,8 @@ class _Slot:
     finished: bool = False
     error: str | None = None
     started: float = 0.0
+    failures: int = 0  # consecutive quick deaths, for the restart backoff
+    respawn_at: float | None = None
 
 
 @dataclass
@@ -349,9 +372,10 @@ class Supervisor:
         read = tuple(read or ())
         self.read = read or None
         count = workers or cfg.workers
-        base = (os.getpid() * 16) & 0xFFF0
-        self.slots = [_Slot(WorkerPlan(i, count, read, realtime, base, tuple(extra_ports), records))
+        self.slots = [_Slot(WorkerPlan(i, count, read, realtime, None, tuple(extra_ports), records))
                       for i in range(count)]
+        self.fanout: tuple[int, ...] | None = None  # live: group ids, learnt from the first worker
+        self._lock = threading.RLock()  # the HTTP threads render while the main thread polls
         self.retired = MetricStore()  # counters of workers that died
         self.restarts = 0
         self.records: list[dict] = []  # finished associations not yet written to the event log
@@ -363,11 +387,23 @@ class Supervisor:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        for slot in self.slots:
+    def start(self, ready_timeout: float = 15.0) -> None:
+        """Start the workers. Live with several workers, the first creates the fanout groups and
+        the others join the ids it reports."""
+        first, rest = self.slots[0], self.slots[1:]
+        self._spawn(first)
+        if self.read is None and rest:
+            deadline = time.monotonic() + ready_timeout
+            while self.fanout is None and not first.finished and time.monotonic() < deadline:
+                self.poll(0.1, restart=False)
+            if self.fanout is None:
+                return  # the first worker failed (its error is reported) or hangs: others would too
+        for slot in rest:
             self._spawn(slot)
 
     def _spawn(self, slot: _Slot) -> None:
+        if self.fanout is not None:
+            slot.plan = replace(slot.plan, fanout=self.fanout)
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=worker_main, args=(slot.plan, self.cfg.raw, child),
                                  name=f"dicom-probe-worker-{slot.plan.index}", daemon=True)
@@ -378,6 +414,7 @@ class Supervisor:
     def stop(self, timeout: float = 5.0) -> None:
         """Ask every worker for its final snapshot, wait for them, then make sure they are gone."""
         for slot in self.slots:
+            slot.respawn_at = None
             if slot.process is not None and slot.process.is_alive():
                 try:
                     slot.conn.send(("stop",))
@@ -394,6 +431,10 @@ class Supervisor:
 
     def reload(self, cfg: Config) -> list[str]:
         """Apply what can change without losing counters; return the keys that need a restart."""
+        with self._lock:
+            return self._reload(cfg)
+
+    def _reload(self, cfg: Config) -> list[str]:
         needs_restart = [k for k in ("ports", "capture", "workers", "http", "flows", "limits")
                          if cfg.raw[k] != self.cfg.raw[k]]
         self.titles.known = cfg.known_ae_titles
@@ -418,7 +459,12 @@ class Supervisor:
 
     def poll(self, timeout: float, restart: bool = True) -> None:
         conns = {s.conn: s for s in self.slots if s.conn is not None}
-        for conn in multiprocessing.connection.wait(list(conns), timeout):
+        ready = multiprocessing.connection.wait(list(conns), timeout) if conns else time.sleep(timeout) or []
+        with self._lock:
+            self._poll(conns, ready, restart)
+
+    def _poll(self, conns: dict, ready: list, restart: bool) -> None:
+        for conn in ready:
             slot = conns[conn]
             try:
                 while conn.poll():
@@ -426,6 +472,12 @@ class Supervisor:
                     self._receive(slot, kind, payload)
             except (EOFError, OSError):
                 self._reap(slot, restart)
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.respawn_at is not None and now >= slot.respawn_at:
+                slot.respawn_at = None
+                self.restarts += 1
+                self._spawn(slot)
         for slot in self.slots:
             if slot.process is not None and not slot.process.is_alive() and slot.conn is not None:
                 try:
@@ -437,6 +489,10 @@ class Supervisor:
                 self._reap(slot, restart)
 
     def _receive(self, slot: _Slot, kind: str, payload: dict) -> None:
+        if kind == "ready":
+            if self.fanout is None and all(g is not None for g in payload["fanout"]):
+                self.fanout = payload["fanout"]
+            return
         slot.latest = payload
         self._note_titles(payload.get("first_seen", {}))
         self.records.extend(payload.get("records", ()))
@@ -461,8 +517,10 @@ class Supervisor:
             self.retired.merge_values(slot.latest["values"], counters_only=True)
             slot.latest = None
         if restart and self.read is None:
-            self.restarts += 1
-            self._spawn(slot)
+            # Back off when a worker keeps dying right after it starts (1, 2, 4 ... 60 s).
+            quick = time.monotonic() - slot.started < 10.0
+            slot.failures = slot.failures + 1 if quick else 0
+            slot.respawn_at = time.monotonic() + (min(60.0, 2.0 ** (slot.failures - 1)) if slot.failures else 0.0)
         else:
             slot.finished = True
             slot.error = slot.error or f"worker {slot.plan.index} exited with code {slot.process.exitcode}"
@@ -470,6 +528,10 @@ class Supervisor:
     # -- the exposition -------------------------------------------------------------------------
 
     def merged(self) -> MetricStore:
+        with self._lock:
+            return self._merged()
+
+    def _merged(self) -> MetricStore:
         store = MetricStore()
         store.merge(self.retired)
         alive = 0
@@ -506,17 +568,20 @@ class Supervisor:
                 reg.order[title] = ts
             old = reg.roles.get((title, role))
             if old is None:
-                reg.roles[(title, role)] = ts
+                # "known" is decided once, when the title first appears: a later reload of the
+                # known list must not move a counter from one series to another.
+                known = title in reg.known
+                reg.roles[(title, role)] = (ts, known)
                 self.events.append({"event": "new-ae-title", "time": round(ts, 3), "ae_title": title,
-                                    "role": role, "known": title in reg.known})
-            elif ts < old:
-                reg.roles[(title, role)] = ts  # another worker saw it earlier
+                                    "role": role, "known": known})
+            elif ts < old[0]:
+                reg.roles[(title, role)] = (ts, old[1])  # another worker saw it earlier
 
     def _titles(self, store: MetricStore) -> None:
         """First-seen times, new-title counts, and the global AE-title cap over all workers."""
         reg = self.titles
-        for (title, role), first in reg.roles.items():
-            known = "true" if title in reg.known else "false"
+        for (title, role), (first, was_known) in reg.roles.items():
+            known = "true" if was_known else "false"
             store.set("dicom_ae_title_first_seen_timestamp_seconds", (title, role, known), round(first, 3))
             store.inc("dicom_probe_new_ae_titles_total", (role, known))
         allowed = reg.order
@@ -540,14 +605,19 @@ class Supervisor:
 
     def offline_result(self) -> MetricStore:
         """The merged store as ``analyze`` reports it: without the running daemon's own families."""
-        store = self.merged()
+        store = self.merged()  # a fresh store: safe to change
         for name in DAEMON_ONLY:
             store.values[name] = {}
         return store
 
     def health(self) -> tuple[bool, dict]:
+        with self._lock:
+            return self._health()
+
+    def _health(self) -> tuple[bool, dict]:
         alive = [s for s in self.slots if s.process is not None and s.process.is_alive()]
         handles = sum((s.latest or {}).get("handles", 0) for s in alive)
+        expected = len(self.slots) * len(self.cfg.raw["capture"]["interfaces"])
         last = max([(s.latest or {}).get("last_packet_wall", 0.0) for s in self.slots] + [0.0])
         info = {
             "workers": len(self.slots),
@@ -557,7 +627,12 @@ class Supervisor:
             "restarts": self.restarts,
             "errors": self.errors,
         }
-        ok = not self.errors and (len(alive) == len(self.slots) or (self.read is not None and self.all_done))
+        if self.read is not None:
+            ok = not self.errors and (len(alive) == len(self.slots) or self.all_done)
+        else:
+            ok = not self.errors and len(alive) == len(self.slots) and handles >= expected
+            info["capture_handles_expected"] = expected
+        info["ok"] = ok
         return ok, info
 
 
