@@ -11,7 +11,7 @@ with_tests=0
 packages=(libpcap-dev gcc python3-dev)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 if [ "$with_tests" = 1 ]; then
-  packages+=(tcpdump tshark dcmtk prometheus iproute2 ethtool)
+  packages+=(tcpdump tshark dcmtk prometheus iproute2 ethtool chromium fonts-dejavu-core)
 fi
 
 missing=()

@@ -14,7 +14,8 @@ from .decode import Decoder
 from .offline import open_sources, run
 from .pipeline import Pipeline
 from .metrics import AeLabeler
-from .report import ResponseTimes, association_json, record_json, render_table
+from .report import ResponseTimes, association_json, association_record, record_json, render_table
+from .statuspage import render_report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files (merged by time)")
     a.add_argument("--config", help="YAML configuration (ports, limits, label policy)")
     a.add_argument("--port", type=int, action="append", default=[], help="another DICOM server port (repeatable)")
-    a.add_argument("--format", choices=("table", "json", "prom"), default="table")
+    a.add_argument("--format", choices=("table", "json", "prom", "html"), default="table",
+                   help="table (default), json (one record per association), prom (the exposition), "
+                        "html (a self-contained incident report)")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
     a.add_argument("--workers", type=int, default=1,
@@ -131,7 +134,7 @@ def _analyze_workers(args, cfg, on_association, progress):
     from .daemon import Supervisor
 
     sup = Supervisor(cfg, read=args.captures, workers=args.workers, extra_ports=args.port,
-                     records="json" if on_association else "times")
+                     records={"json": "json", "html": "both"}.get(args.format, "times"))
     sup.start()
     try:
         while not sup.all_done:
@@ -179,7 +182,16 @@ def _analyze(args) -> int:
     out = sys.stdout
     labeler = AeLabeler(cfg.max_ae_titles, cfg.ae_aliases)
     times = ResponseTimes(labeler)
-    on_association = (lambda a: out.write(association_json(a) + "\n")) if args.format == "json" else times.add
+    records: list[dict] = []
+    if args.format == "json":
+        def on_association(a):
+            out.write(association_json(a) + "\n")
+    elif args.format == "html":
+        def on_association(a):
+            times.add(a)
+            records.append(association_record(a))
+    else:
+        on_association = times.add
     progress = _Progress(sum(s.size for s in sources), sys.stderr.isatty() and not args.quiet)
     if not 1 <= args.workers <= 256:
         print("dicom-probe: --workers must be from 1 to 256", file=sys.stderr)
@@ -191,8 +203,14 @@ def _analyze(args) -> int:
             progress.file_bytes = progress.total
             progress.update(pipe.packets, pipe.bytes, pipe.associations, force=True)
         else:
-            json_out = (lambda rec: out.write(record_json(rec) + "\n")) if args.format == "json" else None
-            store, errors, worker_times = _analyze_workers(args, cfg, json_out, progress)
+            if args.format == "json":
+                def take(rec):
+                    out.write(record_json(rec) + "\n")
+            elif args.format == "html":
+                take = records.append
+            else:
+                take = None
+            store, errors, worker_times = _analyze_workers(args, cfg, take, progress)
             times.merge(worker_times)
             for s, e in zip(sources, errors):
                 s.error = s.error or e
@@ -206,6 +224,10 @@ def _analyze(args) -> int:
             out.write(render_table(store, times))
         elif args.format == "prom":
             out.write(store.render().decode())
+        elif args.format == "html":
+            records.sort(key=lambda r: r.get("start") or 0)
+            out.write(render_report(store, records, title="dicom-probe incident report", sources=args.captures,
+                                    times=times).decode())
         out.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -89,7 +89,7 @@ class WorkerPlan:
     fanout: tuple[int, ...] | None = None  # live, several workers: the group id per interface
     # (None: this worker creates the groups with kernel-chosen ids and reports them)
     extra_ports: tuple[int, ...] = ()
-    records: str | None = "json"  # "json": send association records; "times": a response-time tally
+    records: str | None = "json"  # "json": association records; "times": a response-time tally; "both"
 
 
 def _join_fanout(handle, group: int | None) -> tuple[socket.socket, int]:
@@ -142,7 +142,7 @@ class _Worker:
         self.labeler = AeLabeler(cfg.max_ae_titles, cfg.ae_aliases)
         self.sites = SiteMap(cfg.sites)
         self.times = ResponseTimes(self.labeler)
-        on_association = {"json": self._record, "times": self.times.add}.get(plan.records)
+        on_association = {"json": self._record, "times": self.times.add, "both": self._record_and_time}.get(plan.records)
         self.pipe = Pipeline(cfg.flow_settings(plan.extra_ports), self.labeler, on_association,
                              interface="offline" if plan.read else None, sites=self.sites)
         self.ports = sorted(set(cfg.ports) | set(plan.extra_ports))
@@ -153,6 +153,10 @@ class _Worker:
 
     def _record(self, a) -> None:
         self.records.append(association_record(a))
+
+    def _record_and_time(self, a) -> None:
+        self.records.append(association_record(a))
+        self.times.add(a)
 
     # -- messages ------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ INDEX = (
     "dicom-probe " + __version__ + "\n"
     "/metrics  Prometheus metrics\n"
     "/healthz  health as JSON (200 healthy, 503 unhealthy)\n"
+    "/         the status page (HTML), when the daemon serves one\n"
 ).encode("ascii")
 
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -169,7 +170,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(500, _one_line(e), "text/plain; charset=utf-8", head=head)
                 return
             self._send(200 if ok else 503, body, "application/json", {"Cache-Control": "no-store"}, head=head)
-        elif path == "/":
+        elif path == "/" and app.status is not None:
+            try:
+                body = app.status()
+            except Exception as e:
+                app.count_error(e)
+                self._send(500, _one_line(e), "text/plain; charset=utf-8", head=head)
+                return
+            self._send(200, body, "text/html; charset=utf-8", {"Cache-Control": "no-store"}, head=head)
+        elif path in ("/", "/index.txt"):
             self._send(200, INDEX, "text/plain; charset=utf-8", head=head)
         else:
             self._send(404, b"not found: see / for the paths served\n", "text/plain; charset=utf-8", head=head)
@@ -221,11 +230,14 @@ class MetricsServer:
     holds the latest one as a line of text.
     """
 
-    def __init__(self, listen: str, metrics: Callable[[], bytes], health: Callable[[], tuple[bool, dict]]):
+    def __init__(self, listen: str, metrics: Callable[[], bytes], health: Callable[[], tuple[bool, dict]],
+                 status: Callable[[], bytes] | None = None):
+        """``status``, if given, renders the HTML status page served at ``/``."""
         self.listen = listen
         self.host, self.port = parse_listen(listen)
         self.metrics = metrics
         self.health = health
+        self.status = status
         self.errors = 0
         self.last_error: str | None = None
         self._server: _Server | None = None

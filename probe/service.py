@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
+from collections import deque
 
 from .config import Config, ConfigError, load
 from .daemon import Supervisor
 from .eventlog import EventLog
 from .http import MetricsServer
 from .sdnotify import Notifier
+from .statuspage import render_status
 
 
 def log(msg: str) -> None:
@@ -36,6 +39,8 @@ class Service:
         self.http: MetricsServer | None = None
         self._stop = False
         self._reload = False
+        self._recent: deque[dict] = deque(maxlen=50)
+        self._recent_lock = threading.Lock()
 
     def _open_event_log(self, cfg: Config) -> EventLog:
         ev = cfg.raw["event_log"]
@@ -48,7 +53,7 @@ class Service:
             log(f"event_log.destination: {e}")
             return 2
         self.supervisor.start()  # fork before any thread exists
-        self.http = MetricsServer(self.listen, self.supervisor.render, self.supervisor.health)
+        self.http = MetricsServer(self.listen, self.supervisor.render, self.supervisor.health, self._status_page)
         try:
             self.http.start()
         except OSError as e:
@@ -98,8 +103,16 @@ class Service:
             f"{int(store.total('dicom_association_rejects_total'))} rejected")
         return code
 
+    def _status_page(self) -> bytes:
+        ok, health = self.supervisor.health()
+        with self._recent_lock:
+            recent = list(self._recent)
+        return render_status(self.supervisor.merged(), recent, health, now=time.time())
+
     def _flush_events(self) -> None:
         sup = self.supervisor
+        with self._recent_lock:  # the status page lists the latest rejected and aborted associations
+            self._recent.extend(r for r in sup.records if r.get("outcome") in ("rejected", "aborted"))
         batch = sup.events + sup.records
         sup.events, sup.records = [], []
         if batch:

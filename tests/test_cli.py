@@ -161,3 +161,11 @@ def test_progress_on_a_terminal_only(tmp_path):
         written = b""
     os.close(quiet_master)
     assert written == b""
+
+
+def test_html_report_is_self_contained_and_names_the_failing_pair():
+    p = analyze(REJECTS, "--format", "html")
+    html = p.stdout
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    assert "UNKNOWN_CALLER1" in html and "calling-ae-title-not-recognized" in html
+    assert "http://" not in html and "https://" not in html

@@ -339,3 +339,21 @@ def test_parse_listen_invalid(text, message):
 def test_parse_listen_not_a_string():
     with pytest.raises(ValueError, match="must be a string"):
         parse_listen(9104)
+
+
+def test_status_page_is_served_at_the_root_when_given():
+    import urllib.request
+
+    from probe.http import MetricsServer
+
+    srv = MetricsServer("127.0.0.1:0", lambda: b"x 1\n", lambda: (True, {}), lambda: b"<!doctype html><p>ok</p>")
+    srv.start()
+    try:
+        host, port = srv.address
+        with urllib.request.urlopen(f"http://{host}:{port}/") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
+            assert r.read() == b"<!doctype html><p>ok</p>"
+        with urllib.request.urlopen(f"http://{host}:{port}/index.txt") as r:
+            assert b"/metrics" in r.read()
+    finally:
+        srv.stop()
