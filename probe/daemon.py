@@ -53,6 +53,7 @@ PARENT_FAMILIES = frozenset((
     "dicom_probe_build_info", "dicom_probe_worker_restarts_total", "dicom_probe_workers_alive",
     "dicom_probe_worker_lag_seconds", "dicom_probe_last_packet_age_seconds", "dicom_probe_new_ae_titles_total",
     "dicom_ae_title_first_seen_timestamp_seconds", "dicom_probe_ae_title_overflow_total",
+    "dicom_probe_start_time_seconds",
 ))
 DAEMON_ONLY = PARENT_FAMILIES - {"dicom_probe_build_info", "dicom_probe_ae_title_overflow_total"}
 AE_LABELS = ("calling_ae", "called_ae")
@@ -251,11 +252,11 @@ class _Worker:
                 src = sources[0]
                 packet = partial(self.pipe.packet, self.pipe.decoder(src.linktype))
                 if plan.realtime:
-                    packet = _paced(packet)
+                    packet = _paced(packet, tick)
                 src.dispatch_all(packet, tick, batch=256 if plan.realtime else None)
             else:
                 decoders = {id(s): self.pipe.decoder(s.linktype) for s in sources}
-                pace = _Pacer() if plan.realtime else None
+                pace = _Pacer(tick) if plan.realtime else None
                 for count, (ts, frame, src) in enumerate(merged(sources), 1):
                     if pace is not None:
                         pace.wait(ts)
@@ -310,22 +311,29 @@ class _Stop(Exception):
 
 
 class _Pacer:
-    """Replays at the recorded pace: sleeps until a packet's time offset has passed on the clock."""
+    """Replays at the recorded pace: sleeps until a packet's time offset has passed on the clock,
+    calling ``idle()`` (snapshots, messages) at least every ``step`` seconds while it waits."""
 
-    def __init__(self):
+    def __init__(self, idle=None, step: float = 0.25):
         self._origin: tuple[float, float] | None = None
+        self._idle = idle
+        self._step = step
 
     def wait(self, ts: float) -> None:
         if self._origin is None:
             self._origin = (time.monotonic(), ts)
         wall0, ts0 = self._origin
-        delay = (ts - ts0) - (time.monotonic() - wall0)
-        if delay > 0:
-            time.sleep(min(delay, 5.0))
+        while True:
+            delay = (ts - ts0) - (time.monotonic() - wall0)
+            if delay <= 0:
+                return
+            time.sleep(min(delay, self._step))
+            if self._idle is not None:
+                self._idle()
 
 
-def _paced(packet):
-    pacer = _Pacer()
+def _paced(packet, idle=None):
+    pacer = _Pacer(idle)
 
     def paced(ts, frame):
         pacer.wait(ts)
@@ -553,6 +561,7 @@ class Supervisor:
                 store.set("dicom_probe_worker_lag_seconds", (str(slot.plan.index),),
                           max(0.0, snap["last_packet_wall"] - snap["last_packet_ts"]))
         store.set("dicom_probe_build_info", (__version__,), 1)
+        store.set("dicom_probe_start_time_seconds", (), round(self.started_at, 3))
         store.set("dicom_probe_workers_alive", (), alive)
         store.set("dicom_probe_worker_restarts_total", (), self.restarts)
         store.set("dicom_probe_last_packet_age_seconds", (), now - (last_wall or self.started_at))

@@ -106,6 +106,7 @@ FAMILIES: tuple[Family, ...] = (
            "AE titles seen for the first time as calling or called title; known = listed in known_ae_titles."),
     Family("dicom_ae_title_first_seen_timestamp_seconds", GAUGE, ("ae_title", "role", "known"),
            "When the daemon first saw each AE title (Unix time), as calling or called title."),
+    Family("dicom_probe_start_time_seconds", GAUGE, (), "When the daemon started (Unix time)."),
     Family("dicom_probe_build_info", GAUGE, ("version",), "Always 1; the probe's version."),
 )
 FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
@@ -280,6 +281,8 @@ class AssociationMetrics:
         self.first_seen: dict[tuple[str, str], float] = {}
         store.set("dicom_probe_build_info", (__version__,), 1)
         store.set("dicom_associations_active", (), 0)
+        for name in ("dicom_probe_stream_gaps_total", "dicom_probe_stream_gap_bytes_total", "dicom_probe_resyncs_total"):
+            store.set(name, (), 0)  # present from the start, so rate() and absent() behave
 
     def _pair(self, a: A.Association) -> tuple[str, str, str]:
         site = a.site

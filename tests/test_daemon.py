@@ -25,7 +25,7 @@ SEED = CAPTURES / "seed_incident.pcap"  # 585 TCP frames on port 104; 55 associa
 SEED_PACKETS, SEED_ASSOCIATIONS, SEED_REJECTS = 585, 55, 50
 
 # Families whose values follow the wall clock or the running processes, not the packets.
-WALL_CLOCK = ("dicom_probe_last_packet_age_seconds", "dicom_ae_title_first_seen_timestamp_seconds",
+WALL_CLOCK = ("dicom_probe_last_packet_age_seconds", "dicom_probe_start_time_seconds", "dicom_ae_title_first_seen_timestamp_seconds",
               "dicom_probe_workers_alive", "dicom_probe_worker_lag_seconds")
 # What `analyze` leaves out (probe.daemon.DAEMON_ONLY): it describes a running daemon.
 DAEMON_ONLY = WALL_CLOCK + ("dicom_probe_worker_restarts_total", "dicom_probe_new_ae_titles_total")

@@ -1,0 +1,53 @@
+"""Coverage-guided fuzzing of the whole decode path with atheris (libFuzzer for Python).
+
+One input is a sequence of frames for one Ethernet capture: each frame is a 2-byte big-endian length
+followed by that many bytes (a frame shorter than its length is taken as it is). The frames go
+through the real Pipeline (decode, flows, reassembly, PDU framer, association machine, DIMSE,
+metrics), then the capture ends and the metrics are rendered. The contract: no exception, no hang.
+
+    pip install atheris
+    python3 fuzz/fuzz_pipeline.py fuzz/corpus -max_total_time=600     # or -runs=N
+    python3 fuzz/make_corpus.py                                         # (re)build the seed corpus
+
+A crash leaves crash-<hash> in the working directory: add it to tests/test_fuzz_regressions.py.
+"""
+
+import struct
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from probe.decode import DLT_EN10MB
+    from probe.pipeline import Pipeline
+    from probe.report import association_json
+
+
+def frames(data: bytes):
+    pos = 0
+    while pos + 2 <= len(data):
+        (n,) = struct.unpack_from(">H", data, pos)
+        pos += 2
+        yield data[pos : pos + n]
+        pos += n
+
+
+def run_one(data: bytes) -> None:
+    records = []
+    pipe = Pipeline(on_association=lambda a: records.append(association_json(a)))
+    dec = pipe.decoder(DLT_EN10MB)
+    ts = 1_000_000.0
+    for frame in frames(data):
+        ts += 0.001
+        pipe.packet(dec, ts, frame)
+    pipe.finish()
+    pipe.store.render()
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, run_one)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
