@@ -125,6 +125,10 @@ SCHEMA: dict[str, Any] = {
         "max_bytes": Key(int, 50 << 20, _positive, "rotate the file when it would exceed this size"),
         "backups": Key(int, 5, _port_range(0, 100), "rotated files kept"),
     },
+    "run_as": {
+        "user": Key(str, "", None, "started as root: switch to this user once capture is open ('' = stay)"),
+        "group": Key(str, "", None, "... and this group ('' = the user's primary group)"),
+    },
     "sites": Key(dict, {}, _sites, "site name -> client networks (CIDR), e.g. remote-hospital: [198.19.1.0/24]"),
     "known_ae_titles": Key(list, [], _titles, "AE titles expected on this network; others are reported as new"),
     "flows": {

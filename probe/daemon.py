@@ -31,7 +31,7 @@ from functools import partial
 
 import pcap
 
-from . import __version__
+from . import __version__, privileges
 from .capture import CaptureError, FileSource, build_filter, merged
 from .config import Config
 from .decode import DLT_EN10MB
@@ -280,6 +280,11 @@ class _Worker:
             groups.append(group)
             self.handles.append((name, handle, sock, self.pipe.decoder(handle.datalink())))
             self.pipe.count_interface(name, 0, 0)  # the series exist from the start
+        run_as = self.cfg.raw["run_as"]
+        try:  # from here on, untrusted packets are parsed with no capability
+            privileges.drop_all(run_as["user"], run_as["group"])
+        except (privileges.PrivilegeError, OSError) as e:
+            raise CaptureError(f"run_as: {e}") from None
         self._send({"fanout": tuple(groups)}, "ready")
         pipe = self.pipe
         by_fd = {h.fileno(): (name, h, partial(pipe.packet, dec)) for name, h, _s, dec in self.handles}
@@ -361,6 +366,7 @@ class _Slot:
     error: str | None = None
     started: float = 0.0
     failures: int = 0  # consecutive quick deaths, for the restart backoff
+    ready: bool = False  # live: its capture handles are open
     respawn_at: float | None = None
 
 
@@ -421,7 +427,7 @@ class Supervisor:
                                  name=f"dicom-probe-worker-{slot.plan.index}", daemon=True)
         proc.start()
         child.close()
-        slot.process, slot.conn, slot.started = proc, parent, time.monotonic()
+        slot.process, slot.conn, slot.started, slot.ready = proc, parent, time.monotonic(), False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask every worker for its final snapshot, wait for them, then make sure they are gone."""
@@ -502,6 +508,7 @@ class Supervisor:
 
     def _receive(self, slot: _Slot, kind: str, payload: dict) -> None:
         if kind == "ready":
+            slot.ready = True
             if self.fanout is None and all(g is not None for g in payload["fanout"]):
                 self.fanout = payload["fanout"]
             return

@@ -14,10 +14,12 @@ import threading
 import time
 from collections import deque
 
+from . import privileges
 from .config import Config, ConfigError, load
 from .daemon import Supervisor
 from .eventlog import EventLog
 from .http import MetricsServer
+from .privileges import PrivilegeError
 from .sdnotify import Notifier
 from .statuspage import render_status
 
@@ -62,6 +64,17 @@ class Service:
             return 2
         host, port = self.http.address
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        run_as = self.cfg.raw["run_as"]
+        if run_as["user"]:
+            self._wait_for_capture()
+            try:
+                privileges.become(run_as["user"], run_as["group"])
+            except (PrivilegeError, OSError) as e:
+                log(f"run_as: {e}")
+                self.supervisor.stop()
+                self.http.stop()
+                return 2
+            log(f"running as {run_as['user']} with CAP_NET_RAW only")
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -102,6 +115,14 @@ class Service:
             f"{int(store.total('dicom_association_requests_total'))} associations requested, "
             f"{int(store.total('dicom_association_rejects_total'))} rejected")
         return code
+
+    def _wait_for_capture(self, timeout: float = 10.0) -> None:
+        """Before giving up root, let the workers open their capture handles."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.supervisor.poll(0.1)
+            if self.supervisor.read or all(s.ready or s.finished for s in self.supervisor.slots):
+                return
 
     def _status_page(self) -> bytes:
         ok, health = self.supervisor.health()
