@@ -71,6 +71,46 @@ def _listen(v):
     return None
 
 
+def _tls_version(v):
+    from .http import TLS_VERSIONS
+
+    return None if v in TLS_VERSIONS else f"must be {' or '.join(TLS_VERSIONS)}, got {v!r}"
+
+
+# http.tls: validated as one mapping, because its keys depend on each other (a certificate needs
+# its key, and the key must match it). Errors read "http.tls: key_file: ..." and list every problem.
+_TLS_SCHEMA = {
+    "cert_file": Key(str, "", None, "server certificate (PEM, chain after it), absolute path"),
+    "key_file": Key(str, "", None, "its private key (PEM, unencrypted), absolute path"),
+    "client_ca_file": Key(str, "", None, "CA certificates (PEM) client certificates must chain to; empty: none asked"),
+    "min_version": Key(str, "TLS12", _tls_version, "oldest TLS version accepted: TLS12 or TLS13"),
+}
+
+
+# exporter-toolkit web-config keys someone may copy over, and what to write instead.
+_TLS_FOREIGN_KEYS = {
+    "ca_file": "unknown key (did you mean 'client_ca_file', the CA client certificates must chain to?)",
+    "client_auth_type": "unknown key: setting client_ca_file requires and verifies client certificates",
+}
+
+
+def _tls(v):
+    from .http import load_tls
+
+    errors: list = []
+    settings = _validate(_TLS_SCHEMA, v, "", errors)  # unknown keys (with a suggestion), types
+    errors = [(key, _TLS_FOREIGN_KEYS.get(key, msg) if msg.startswith("unknown key") else msg) for key, msg in errors]
+    if not errors:
+        _, errors = load_tls(settings)  # files readable, both or neither, the key matches the certificate
+    return "; ".join(f"{key}: {msg}" for key, msg in errors) or None
+
+
+def _basic_auth_users(v):
+    from .http import basic_auth_problem
+
+    return basic_auth_problem(v)
+
+
 def _destination(v):
     return None if v else "must be 'stdout', 'none' or a file path"
 
@@ -119,6 +159,9 @@ SCHEMA: dict[str, Any] = {
     "workers": Key((int, str), "auto", _workers, "capture worker processes; auto = one per core"),
     "http": {
         "listen": Key(str, ":9764", _listen, "HOST:PORT for /metrics and /healthz"),
+        "tls": Key(dict, {k: spec.default for k, spec in _TLS_SCHEMA.items()}, _tls,
+                   "HTTPS: cert_file and key_file (both or neither), client_ca_file for mTLS, min_version"),
+        "basic_auth_users": Key(dict, {}, _basic_auth_users, "user -> bcrypt hash; every path then needs one"),
     },
     "event_log": {
         "destination": Key(str, "stdout", _destination, "stdout (journald), none, or a file path"),

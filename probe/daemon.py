@@ -53,7 +53,7 @@ PARENT_FAMILIES = frozenset((
     "dicom_probe_build_info", "dicom_probe_worker_restarts_total", "dicom_probe_workers_alive",
     "dicom_probe_worker_lag_seconds", "dicom_probe_last_packet_age_seconds", "dicom_probe_new_ae_titles_total",
     "dicom_ae_title_first_seen_timestamp_seconds", "dicom_probe_ae_title_overflow_total",
-    "dicom_probe_start_time_seconds",
+    "dicom_probe_start_time_seconds", "dicom_probe_capture_reopens_total", "dicom_probe_event_log_errors_total",
 ))
 DAEMON_ONLY = PARENT_FAMILIES - {"dicom_probe_build_info", "dicom_probe_ae_title_overflow_total"}
 AE_LABELS = ("calling_ae", "called_ae")
@@ -91,6 +91,7 @@ class WorkerPlan:
     # (None: this worker creates the groups with kernel-chosen ids and reports them)
     extra_ports: tuple[int, ...] = ()
     records: str | None = "json"  # "json": association records; "times": a response-time tally; "both"
+    retry_open: bool = False  # respawned after losing its capture: wait for the interface to come back
 
 
 def _join_fanout(handle, group: int | None) -> tuple[socket.socket, int]:
@@ -226,6 +227,12 @@ class _Worker:
             self.error = str(e)
             self._send(self.snapshot(final=True), "error")
             return 2
+        except _CaptureLost as e:
+            snap = self.snapshot(final=True)
+            snap["lost"] = e.interface
+            snap["lost_reason"] = str(e)
+            self._send(snap, "lost")
+            return 3
         self._send(self.snapshot(final=True), "final")
         return 0
 
@@ -276,7 +283,17 @@ class _Worker:
         groups = []
         for i, name in enumerate(self.cfg.raw["capture"]["interfaces"]):
             wanted = plan.fanout[i] if plan.fanout else None
-            handle, sock, group = open_live(name, self.cfg, self.ports, plan.count > 1, wanted)
+            while True:
+                try:
+                    handle, sock, group = open_live(name, self.cfg, self.ports, plan.count > 1, wanted)
+                    break
+                except CaptureError:
+                    if not plan.retry_open:
+                        raise  # at start-up a missing interface is a configuration error
+                    self._messages()  # e.g. the interface is still down: try again in a second
+                    if self.stop:
+                        return
+                    time.sleep(1.0)
             groups.append(group)
             self.handles.append((name, handle, sock, self.pipe.decoder(handle.datalink())))
             self.pipe.count_interface(name, 0, 0)  # the series exist from the start
@@ -297,9 +314,9 @@ class _Worker:
                 try:
                     n = handle.dispatch(10000, cb)
                 except OSError as e:
-                    raise CaptureError(f"interface {name}: {e}") from None
+                    raise _CaptureLost(name, str(e)) from None
                 if n < 0:
-                    raise CaptureError(f"interface {name}: {handle.geterr()}")
+                    raise _CaptureLost(name, _text(handle.geterr()))
                 if n:
                     self.last_packet_wall = time.time()
                     pipe.count_interface(name, pipe.packets - before_p, pipe.bytes - before_b)
@@ -313,6 +330,19 @@ class _Worker:
 
 class _Stop(Exception):
     pass
+
+
+class _CaptureLost(Exception):
+    """A live capture handle failed (interface down or gone): the supervisor respawns the worker,
+    which holds no capability to reopen it itself."""
+
+    def __init__(self, interface: str, reason: str):
+        super().__init__(f"interface {interface}: {reason}")
+        self.interface = interface
+
+
+def _text(v) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 class _Pacer:
@@ -368,6 +398,7 @@ class _Slot:
     failures: int = 0  # consecutive quick deaths, for the restart backoff
     ready: bool = False  # live: its capture handles are open
     respawn_at: float | None = None
+    lost: bool = False  # its capture failed: respawn at once, waiting for the interface
 
 
 @dataclass
@@ -399,6 +430,9 @@ class Supervisor:
         self.records: list[dict] = []  # finished associations not yet written to the event log
         self.events: list[dict] = []  # new-AE-title events
         self.times: dict = {}  # workers' final response-time tallies (records="times")
+        self.reopens: dict[str, int] = {}  # interface -> captures lost and reopened
+        self.notes: list[str] = []  # messages for the service's log
+        self.counters: dict[str, float] = {}  # supervisor-side counters (e.g. event log errors)
         self.titles = AeTitleRegistry(cfg.max_ae_titles, cfg.known_ae_titles)
         self._ctx = multiprocessing.get_context("fork")
         self.started_at = time.time()
@@ -494,7 +528,8 @@ class Supervisor:
         for slot in self.slots:
             if slot.respawn_at is not None and now >= slot.respawn_at:
                 slot.respawn_at = None
-                self.restarts += 1
+                if not slot.plan.retry_open:
+                    self.restarts += 1  # a lost capture is counted as a reopen instead
                 self._spawn(slot)
         for slot in self.slots:
             if slot.process is not None and not slot.process.is_alive() and slot.conn is not None:
@@ -517,6 +552,11 @@ class Supervisor:
         self.records.extend(payload.get("records", ()))
         for key, values in payload.get("times", {}).items():
             self.times.setdefault(key, []).extend(values)
+        if kind == "lost":
+            iface = payload["lost"]
+            self.reopens[iface] = self.reopens.get(iface, 0) + 1
+            self.notes.append(f"worker {slot.plan.index}: {payload['lost_reason']}; reopening")
+            slot.lost = True
         if kind in ("final", "error"):
             slot.finished = True
         if kind == "error":
@@ -535,7 +575,11 @@ class Supervisor:
             # Its counters stay in the totals; its gauges describe nothing any more.
             self.retired.merge_values(slot.latest["values"], counters_only=True)
             slot.latest = None
-        if restart and self.read is None:
+        if restart and self.read is None and slot.lost:
+            slot.lost = False
+            slot.plan = replace(slot.plan, retry_open=True)
+            slot.respawn_at = time.monotonic()
+        elif restart and self.read is None:
             # Back off when a worker keeps dying right after it starts (1, 2, 4 ... 60 s).
             quick = time.monotonic() - slot.started < 10.0
             slot.failures = slot.failures + 1 if quick else 0
@@ -571,6 +615,10 @@ class Supervisor:
         store.set("dicom_probe_start_time_seconds", (), round(self.started_at, 3))
         store.set("dicom_probe_workers_alive", (), alive)
         store.set("dicom_probe_worker_restarts_total", (), self.restarts)
+        for iface, n in self.reopens.items():
+            store.set("dicom_probe_capture_reopens_total", (iface,), n)
+        for name, v in self.counters.items():
+            store.set(name, (), v)
         store.set("dicom_probe_last_packet_age_seconds", (), now - (last_wall or self.started_at))
         self._titles(store)
         return store

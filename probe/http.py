@@ -6,20 +6,34 @@ would add dependencies and attack surface for nothing. The server runs in a daem
 calls the two callbacks it is given — it knows nothing of capture or metrics, and the callbacks are
 called from request threads, so they must be thread-safe (e.g. return a snapshot rendered under a
 lock). A callback that raises gives a 500 for that request only; the server keeps serving.
+
+Protection, configured like the Prometheus exporter-toolkit's web config (``http.tls``,
+``http.basic_auth_users``): with a certificate and key the port speaks HTTPS only (Python's ``ssl``;
+optionally requiring client certificates from a CA), and with users every path asks for HTTP basic
+authentication checked against bcrypt hashes. The TLS files are re-read when they change on disk,
+checked at each new connection, so a renewed certificate needs no restart.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import gzip
+import hashlib
+import hmac
 import ipaddress
 import json
+import os
 import re
 import socket
 import socketserver
+import ssl
+import struct
 import sys
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import __version__
@@ -106,6 +120,227 @@ def _one_line(e: BaseException) -> bytes:
     return (" ".join(text.split())[:300] + "\n").encode("utf-8", "replace")
 
 
+# -- TLS --------------------------------------------------------------------------------------------
+
+TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+TLS_DEFAULTS = {"cert_file": "", "key_file": "", "client_ca_file": "", "min_version": "TLS12"}
+_TLS_FILES = ("cert_file", "key_file", "client_ca_file")
+_HTTPS_ONLY = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+               b"Client sent an HTTP request to an HTTPS server.\n")  # Go's net/http says the same
+
+
+def _no_password() -> bytes:
+    # Without a callback OpenSSL would prompt for an encrypted key's pass phrase on the terminal.
+    return b""
+
+
+def _ssl_reason(e: ssl.SSLError) -> str:
+    return (e.reason or e.strerror or str(e)).lower().replace("_", " ")
+
+
+def load_tls(settings: Mapping) -> tuple[ssl.SSLContext | None, list[tuple[str, str]]]:
+    """The server context for ``http.tls`` and the problems found, as ``(key, message)``.
+
+    No certificate and no key: ``(None, [])``, plain HTTP. Used by the configuration check (so that
+    ``check-config`` loads the very chain the server will) and by the server, at start and whenever
+    the files change.
+    """
+    s = {**TLS_DEFAULTS, **settings}
+    cert, key, ca = s["cert_file"], s["key_file"], s["client_ca_file"]
+    problems: list[tuple[str, str]] = []
+    if not cert and not key:
+        if ca:
+            problems.append(("client_ca_file", "needs cert_file and key_file (client certificates are a TLS feature)"))
+        return None, problems
+    if not cert:
+        problems.append(("cert_file", "must be set together with key_file"))
+    if not key:
+        problems.append(("key_file", "must be set together with cert_file"))
+    contents: dict[str, bytes] = {}
+    for name in _TLS_FILES:
+        path = s[name]
+        if not path:
+            continue
+        if not os.path.isabs(path):
+            problems.append((name, f"{path!r} must be an absolute path (the service runs in /)"))
+            continue
+        try:
+            with open(path, "rb") as f:
+                contents[name] = f.read()
+        except OSError as e:
+            problems.append((name, f"cannot read {path}: {e.strerror or e}"))
+    if problems:
+        return None, problems
+
+    try:  # the certificate alone first, for a message that names the right file
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=contents["cert_file"].decode("latin-1"))
+    except (ssl.SSLError, ValueError):
+        return None, [("cert_file", f"{cert} holds no PEM certificate")]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = TLS_VERSIONS[s["min_version"]]
+    ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)  # client-initiated renegotiation: a CPU sink
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        ctx.load_cert_chain(cert, key, password=_no_password)
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            return None, [("key_file", f"{key} does not match the certificate in {cert}")]
+        if b"ENCRYPTED" in contents["key_file"]:
+            return None, [("key_file", f"{key} is encrypted: give the key unencrypted, readable only by the service user")]
+        return None, [("key_file", f"{key} holds no usable PEM private key ({_ssl_reason(e)})")]
+    except OSError as e:  # the file went away between the read and the load
+        return None, [("key_file", f"cannot read {key}: {e.strerror or e}")]
+    if ca:
+        try:
+            ctx.load_verify_locations(cadata=contents["client_ca_file"].decode("latin-1"))
+        except (ssl.SSLError, ValueError):
+            return None, [("client_ca_file", f"{ca} holds no PEM CA certificate")]
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx, []
+
+
+class _TLS:
+    """The server's SSLContext, rebuilt when the certificate, key or client CA file changes.
+
+    Like exporter-toolkit, which re-reads its files per connection: each new connection compares the
+    files' (inode, size, mtime) with the loaded ones, a few stat calls. Files that fail to load (a
+    renewal half written, a key not matching the new certificate yet) leave the previous context in
+    use, reported once per change through ``log``; the next change is tried again.
+    """
+
+    def __init__(self, settings: Mapping, log: Callable[[str], None]):
+        self.settings = {**TLS_DEFAULTS, **settings}
+        self.paths = [self.settings[k] for k in _TLS_FILES if self.settings[k]]
+        self.log = log
+        self._lock = threading.Lock()
+        stamp = self._stamp()
+        ctx, problems = load_tls(self.settings)
+        if problems:
+            key, msg = problems[0]
+            raise OSError(f"http.tls.{key}: {msg}")
+        self._ctx: ssl.SSLContext = ctx
+        self._loaded, self._failed = stamp, None
+
+    def _stamp(self) -> tuple:
+        out = []
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+                out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError as e:
+                out.append(e.errno)
+        return tuple(out)
+
+    def context(self) -> ssl.SSLContext:
+        with self._lock:
+            stamp = self._stamp()
+            if stamp == self._loaded or stamp == self._failed:
+                return self._ctx
+            ctx, problems = load_tls(self.settings)
+            if problems:
+                self._failed = stamp
+                self.log("; ".join(f"http.tls.{k}: {m}" for k, m in problems)
+                         + "; still serving the previous certificate")
+                return self._ctx
+            self._ctx, self._loaded, self._failed = ctx, stamp, None
+            self.log(f"http.tls: certificate files changed, reloaded {', '.join(self.paths)}")
+            return ctx
+
+
+# -- basic authentication ---------------------------------------------------------------------------
+
+# bcrypt's own format: $2a$, $2b$ or $2y$ (the same algorithm; $2y$ is what htpasswd -B writes),
+# a two-digit cost, then 22 characters of salt and 31 of hash in bcrypt's base64 alphabet.
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; htpasswd and Go's bcrypt (exporter-toolkit) truncate too
+
+
+def basic_auth_problem(users: Mapping) -> str | None:
+    """What is wrong with ``http.basic_auth_users`` (user -> bcrypt hash), or None."""
+    for user, hashed in users.items():
+        if not isinstance(user, str) or not user or ":" in user or not user.isprintable():
+            return f"user {user!r}: a user name is a non-empty string without ':' or control characters"
+        if not isinstance(hashed, str) or not BCRYPT_HASH.fullmatch(hashed):
+            got = ""
+            if isinstance(hashed, str) and (m := re.match(r"(\$[A-Za-z0-9]{1,8}\$|\{[A-Z0-9-]{1,10}\})", hashed)):
+                got = f", not {m.group(1)}"
+            return (f"user {user!r}: not a bcrypt hash ($2a$, $2b$ or $2y$, cost 04-31, 60 characters{got}); "
+                    f"make one with: htpasswd -nbBC 10 {user} PASSWORD")
+    return None
+
+
+class _BasicAuth:
+    """Checks ``Authorization: Basic`` headers against bcrypt hashes, with a cache of successes.
+
+    bcrypt is slow on purpose (cost 10: about 0.1 s of CPU), so a verified (user, password, hash) is
+    remembered, as exporter-toolkit does: by an HMAC under a per-process random key, so the cache
+    holds nothing an attacker could test passwords against, and a dict lookup on it leaks no usable
+    timing. At most ``cache_size`` entries, least recently used first out; failures are never cached.
+    An unknown user costs a bcrypt check too (against a configured hash, result ignored), so the
+    answer time does not tell which users exist; bcrypt.checkpw compares in constant time. Checks run
+    one at a time, so a password-guessing flood takes one core, not all of them, and cannot slow
+    scrapes whose credentials are cached.
+    """
+
+    def __init__(self, users: Mapping[str, str], cache_size: int = 256):
+        import bcrypt  # only when users are configured
+
+        problem = basic_auth_problem(users)
+        if problem or not users:
+            raise ValueError(f"basic_auth_users: {problem or 'no users'}")
+        self._bcrypt = bcrypt
+        self.users = {u.encode("utf-8"): h.encode("ascii") for u, h in users.items()}
+        self._decoy = next(iter(self.users.values()))
+        self._key = os.urandom(32)
+        self._cache: OrderedDict[bytes, None] = OrderedDict()
+        self.cache_size = cache_size
+        self._cache_lock = threading.Lock()
+        self._bcrypt_lock = threading.Lock()
+        self.bcrypt_checks = 0
+
+    @staticmethod
+    def credentials(header: str | None) -> tuple[bytes, bytes] | None:
+        """(user, password) from an ``Authorization`` header value, or None (RFC 7617)."""
+        if not header:
+            return None
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            decoded = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        user, sep, password = decoded.partition(b":")
+        return (user, password) if sep else None
+
+    def check(self, header: str | None) -> bool:
+        creds = self.credentials(header)
+        if creds is None:
+            return False
+        user, password = creds
+        hashed = self.users.get(user)
+        digest = hmac.new(self._key, b"".join(struct.pack(">I", len(x)) + x for x in (user, password, hashed or b"")),
+                          hashlib.sha256).digest()
+        if hashed is not None:
+            with self._cache_lock:
+                if digest in self._cache:
+                    self._cache.move_to_end(digest)
+                    return True
+        with self._bcrypt_lock:
+            self.bcrypt_checks += 1
+            try:
+                ok = self._bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed or self._decoy)
+            except ValueError:  # e.g. a NUL byte in the password
+                ok = False
+        if not ok or hashed is None:
+            return False
+        with self._cache_lock:
+            self._cache[digest] = None
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return True
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "dicom-probe/" + __version__
     sys_version = ""  # do not advertise the Python version
@@ -117,10 +352,12 @@ class _Handler(BaseHTTPRequestHandler):
         """Silenced: a scrape every 15 s would flood the journal. Errors are counted instead."""
 
     def do_GET(self):
-        self._serve(head=False)
+        if self._authorized():
+            self._serve(head=False)
 
     def do_HEAD(self):
-        self._serve(head=True)
+        if self._authorized():
+            self._serve(head=True)
 
     def __getattr__(self, name: str):
         # BaseHTTPRequestHandler answers 501 for a method without a do_<METHOD>; every method but
@@ -130,9 +367,22 @@ class _Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _method_not_allowed(self):
+        if not self._authorized():
+            return
         self._drain_body()
         self._send(405, b"method not allowed: use GET or HEAD\n", "text/plain; charset=utf-8",
                    {"Allow": "GET, HEAD"}, head=False)
+
+    def _authorized(self) -> bool:
+        """Every path and method asks for credentials when users are configured (as exporter-toolkit
+        does): a 401 before anything else, also before a 404 or 405, so nothing is told for free."""
+        auth = self.server.app.auth
+        if auth is None or auth.check(self.headers.get("Authorization")):
+            return True
+        self._drain_body()
+        self._send(401, b"unauthorized: this endpoint needs a user name and password\n", "text/plain; charset=utf-8",
+                   {"WWW-Authenticate": 'Basic realm="dicom-probe"'}, head=self.command == "HEAD")
+        return False
 
     def _drain_body(self):
         # Closing a socket with unread request bytes makes the kernel send a RST, which can destroy
@@ -213,6 +463,49 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+    def finish_request(self, request, client_address):
+        """Runs in the request's thread: with TLS, the handshake happens here, never in the accepting
+        thread, so a client that connects and stalls holds up only itself (for the handler timeout)."""
+        tls = self.app.tls
+        if tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(_Handler.timeout)
+        try:
+            first = request.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if first != b"\x16":  # not a TLS handshake record: plain HTTP (or nothing) on the HTTPS port
+            if first.isalpha():
+                self._refuse_plain_http(request)
+            return
+        conn = tls.context().wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        try:
+            try:
+                conn.do_handshake()
+            except (ssl.SSLError, OSError, ValueError) as e:
+                # Wrong CA, no or untrusted client certificate, too old a TLS version, a scanner:
+                # the client's problem, counted apart from the server's own errors.
+                self.app.count_tls_failure(e)
+                return
+            super().finish_request(conn, client_address)
+        finally:
+            try:
+                conn.settimeout(1)
+                conn.unwrap()  # close_notify: the response ended here, it was not truncated
+            except (OSError, ValueError):
+                pass
+            conn.close()
+
+    @staticmethod
+    def _refuse_plain_http(request):
+        try:
+            request.settimeout(1)
+            request.recv(_DRAIN_LIMIT)  # read the request first: unread bytes make close() send a RST
+            request.sendall(_HTTPS_ONLY)
+        except OSError:
+            pass
+
     def handle_error(self, request, client_address):
         """socketserver prints a traceback to stderr by default; a client hanging up mid-response is
         routine for a scrape endpoint, anything else is counted."""
@@ -227,22 +520,46 @@ class MetricsServer:
     ``metrics()`` returns the Prometheus text exposition (e.g. ``MetricStore.render()``);
     ``health()`` returns ``(ok, detail)``, served as JSON ``detail`` with 200 or 503. Both are called
     from request threads. ``errors`` counts callback exceptions and failed requests; ``last_error``
-    holds the latest one as a line of text.
+    holds the latest one as a line of text. ``tls_failures`` counts failed TLS handshakes (the
+    client's doing: wrong CA, missing client certificate, old TLS version), ``last_tls_failure``
+    holds the latest.
     """
 
     def __init__(self, listen: str, metrics: Callable[[], bytes], health: Callable[[], tuple[bool, dict]],
-                 status: Callable[[], bytes] | None = None):
-        """``status``, if given, renders the HTML status page served at ``/``."""
+                 status: Callable[[], bytes] | None = None, *, tls: Mapping | None = None,
+                 basic_auth_users: Mapping[str, str] | None = None, log: Callable[[str], None] | None = None):
+        """``status``, if given, renders the HTML status page served at ``/``.
+
+        ``tls`` is the ``http.tls`` mapping (``cert_file``, ``key_file``, ``client_ca_file``,
+        ``min_version``): with a certificate and key the server speaks HTTPS only; the files are
+        loaded by :meth:`start`. ``basic_auth_users`` maps users to bcrypt hashes: every request
+        then needs one of them. ``log`` receives a line when the TLS files are reloaded (or fail to).
+        """
         self.listen = listen
         self.host, self.port = parse_listen(listen)
         self.metrics = metrics
         self.health = health
         self.status = status
+        self.tls_settings = {**TLS_DEFAULTS, **(tls or {})}
+        self.tls: _TLS | None = None
+        self.auth = _BasicAuth(basic_auth_users) if basic_auth_users else None
+        self.log = log or (lambda msg: None)
         self.errors = 0
         self.last_error: str | None = None
+        self.tls_failures = 0
+        self.last_tls_failure: str | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_settings["cert_file"] else "http"
+
+    def count_tls_failure(self, e: BaseException) -> None:
+        with self._lock:
+            self.tls_failures += 1
+            self.last_tls_failure = " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
     def count_error(self, e: BaseException | None) -> None:
         with self._lock:
@@ -250,9 +567,12 @@ class MetricsServer:
             self.last_error = _one_line(e).decode().strip() if e is not None else "unknown error"
 
     def start(self) -> None:
-        """Bind and start serving. Raises OSError naming the address if it cannot listen."""
+        """Load the TLS files, bind and start serving. Raises OSError naming the address if it cannot
+        listen, or the ``http.tls`` key whose file cannot be used."""
         if self._server is not None:
             raise RuntimeError(f"metrics server on {self.listen} is already started")
+        if self.scheme == "https" and self.tls is None:
+            self.tls = _TLS(self.tls_settings, self.log)  # OSError naming the key if a file is wrong
         self._server = self._bind()
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"http {self.listen}", daemon=True)

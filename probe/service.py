@@ -41,6 +41,7 @@ class Service:
         self.http: MetricsServer | None = None
         self._stop = False
         self._reload = False
+        self._log_failing = False
         self._recent: deque[dict] = deque(maxlen=50)
         self._recent_lock = threading.Lock()
 
@@ -55,7 +56,9 @@ class Service:
             log(f"event_log.destination: {e}")
             return 2
         self.supervisor.start()  # fork before any thread exists
-        self.http = MetricsServer(self.listen, self.supervisor.render, self.supervisor.health, self._status_page)
+        http_cfg = self.cfg.raw["http"]
+        self.http = MetricsServer(self.listen, self.supervisor.render, self.supervisor.health, self._status_page,
+                                  tls=http_cfg["tls"], basic_auth_users=http_cfg["basic_auth_users"], log=log)
         try:
             self.http.start()
         except OSError as e:
@@ -136,11 +139,22 @@ class Service:
             self._recent.extend(r for r in sup.records if r.get("outcome") in ("rejected", "aborted"))
         batch = sup.events + sup.records
         sup.events, sup.records = [], []
+        for note in sup.notes:
+            log(note)
+        sup.notes.clear()
         if batch:
             try:
                 self.events.write(batch)
             except (OSError, TypeError, ValueError) as e:  # never let the log stop the probe
-                log(f"event log: {e}")
+                name = "dicom_probe_event_log_errors_total"
+                sup.counters[name] = sup.counters.get(name, 0) + 1
+                if not self._log_failing:  # logged once per streak of failures, counted every time
+                    log(f"event log: {e}; dropping records until it can be written again")
+                self._log_failing = True
+            else:
+                if self._log_failing:
+                    log("event log: writing again")
+                self._log_failing = False
 
     def _on_stop(self, *_):
         self._stop = True

@@ -626,3 +626,66 @@ def test_live_probes_in_containers_sharing_the_network_namespace(net, probe_fact
         problems.append(f"other interface: /healthz (status, restarts, handles, errors) = {c_got}; {tail}")
     assert not problems, "\n".join(problems)
     assert_exits_cleanly(a, b, c)
+
+
+def test_live_interface_down_and_up_keeps_counting(net, probe_factory):
+    """Issue 6 faults: the captured interface goes down and comes back (libpcap keeps the handle:
+    no packets while down); counters never go backwards and traffic afterwards is counted exactly."""
+    probe = probe_factory(2).start()
+    probe.wait_ready()
+    truth = traffic(net, echo_assocs=2, echoes_each=1, store_batches=[], rejects=2)
+    samples, text = probe.wait_series(expected_series(truth))
+    before = counters(samples, text)
+    net.lab.ex(net.pacs, [N.IP, "link", "set", CAPTURE_DEV, "down"])
+    time.sleep(2.0)
+    net.lab.ex(net.pacs, [N.IP, "link", "set", CAPTURE_DEV, "up"])
+    end = time.monotonic() + 10
+    while time.monotonic() < end and net.lab.run(net.mod, [N.IP, "link", "show", "vmod"])[1].count("LOWER_UP") == 0:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    samples, text = probe.scrape()
+    assert decreased(before, counters(samples, text)) == []
+    more = traffic(net, echo_assocs=2, echoes_each=1, store_batches=[], rejects=2)
+    total = Truth(**{k: getattr(truth, k) + getattr(more, k) for k in
+                     ("echo_associations", "store_associations", "echoes", "stores", "rejects")})
+    samples, _ = probe.wait_series(expected_series(total))
+    assert pair_series(samples) == expected_series(total)
+    status, h = probe.health()
+    assert status == 200 and h["capture_handles_open"] >= 2
+
+
+def test_live_interface_removed_and_recreated_is_reopened(net, probe_factory):
+    """The captured interface disappears (libpcap: "The interface disappeared"): the worker reports
+    it with its counts and is respawned waiting for the interface; /healthz is unhealthy meanwhile;
+    when the interface is back the capture is reopened and counted."""
+    lab = net.lab
+    lab.veth(net.pacs, "vgone", net.mod, "vgone2")
+    probe = probe_factory(1)
+    probe.interface = "vgone"
+    probe.write_config()
+    probe.start()
+    probe.wait_ready()
+    lab.ex(net.pacs, [N.IP, "link", "del", "vgone"])
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        samples, _ = probe.scrape()
+        if sum(select(samples, "dicom_probe_capture_reopens_total").values()) >= 1:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"the lost capture was not reported\n{probe.log()}")
+    status, h = probe.health()
+    assert status == 503 and h["capture_handles_open"] == 0  # waiting for the interface
+    lab.veth(net.pacs, "vgone", net.mod, "vgone2")
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        status, h = probe.health()
+        if status == 200 and h["capture_handles_open"] == 1:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"capture not reopened: /healthz {status} {h}\n{probe.log()}")
+    samples, _ = probe.scrape()
+    assert value(samples, "dicom_probe_capture_reopens_total", interface="vgone") == 1
+    assert value(samples, "dicom_probe_worker_restarts_total") == 0
+    assert "reopening" in probe.log()
