@@ -32,6 +32,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,7 +187,7 @@ def load_tls(settings: Mapping) -> tuple[ssl.SSLContext | None, list[tuple[str, 
         if e.reason == "KEY_VALUES_MISMATCH":
             return None, [("key_file", f"{key} does not match the certificate in {cert}")]
         if b"ENCRYPTED" in contents["key_file"]:
-            return None, [("key_file", f"{key} is encrypted: give the key unencrypted, readable only by the service user")]
+            return None, [("key_file", f"{key} is encrypted: give it unencrypted, readable only by the service user")]
         return None, [("key_file", f"{key} holds no usable PEM private key ({_ssl_reason(e)})")]
     except OSError as e:  # the file went away between the read and the load
         return None, [("key_file", f"cannot read {key}: {e.strerror or e}")]
@@ -487,6 +488,7 @@ class _Server(ThreadingHTTPServer):
                 # Wrong CA, no or untrusted client certificate, too old a TLS version, a scanner:
                 # the client's problem, counted apart from the server's own errors.
                 self.app.count_tls_failure(e)
+                self._close_gently(conn)
                 return
             super().finish_request(conn, client_address)
         finally:
@@ -496,6 +498,24 @@ class _Server(ThreadingHTTPServer):
             except (OSError, ValueError):
                 pass
             conn.close()
+
+    @staticmethod
+    def _close_gently(conn):
+        """After a failed handshake: FIN behind the alert already sent, then read what the client
+        sent meanwhile (with TLS 1.3 it may be sending its request already). Closing with unread
+        bytes would send a RST, which can destroy the alert before the client reads it, leaving it
+        with "connection reset" instead of, say, "certificate required"."""
+        try:
+            conn.shutdown(socket.SHUT_WR)  # also drops the TLS layer: recv reads the raw socket
+            drained, deadline = 0, time.monotonic() + 1
+            while drained < _DRAIN_LIMIT and (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                data = conn.recv(4096)
+                if not data:
+                    break
+                drained += len(data)
+        except (OSError, ValueError):
+            pass
 
     @staticmethod
     def _refuse_plain_http(request):

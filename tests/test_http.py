@@ -357,3 +357,154 @@ def test_status_page_is_served_at_the_root_when_given():
             assert b"/metrics" in r.read()
     finally:
         srv.stop()
+
+
+# -- basic authentication (http.basic_auth_users) ---------------------------------------------------
+
+bcrypt = pytest.importorskip("bcrypt")
+
+import base64  # noqa: E402
+import time  # noqa: E402
+
+from probe.http import BCRYPT_MAX_PASSWORD, _BasicAuth, basic_auth_problem  # noqa: E402
+
+PASSWORD = "s3cret: with colon"  # only the first ':' splits user from password
+HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()  # "$2b$10$..."
+USERS = {
+    "prometheus": HASH,
+    "htpasswd": "$2y$" + HASH[4:],  # htpasswd -B writes $2y$: the same algorithm
+    "old": "$2a$" + HASH[4:],
+    "jürgen": HASH,
+}
+
+
+def basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture(scope="module")
+def auth_server(store, health_state):
+    srv = MetricsServer("127.0.0.1:0", store.render, lambda: (health_state["ok"], health_state["detail"]),
+                        lambda: b"<!doctype html><p>status</p>", basic_auth_users=USERS)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics", "/healthz", "/index.txt", "/nope"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+def test_every_path_and_method_needs_credentials(auth_server, path, method):
+    status, headers, body = fetch(auth_server, path, method=method, data=b"x=1" if method == "POST" else None)
+    assert status == 401  # before 404 and 405: nothing is told without credentials
+    assert headers["WWW-Authenticate"] == 'Basic realm="dicom-probe"'
+    assert body == (b"" if method == "HEAD" else b"unauthorized: this endpoint needs a user name and password\n")
+    assert b"dicom_" not in body
+
+
+@pytest.mark.parametrize("headers", [
+    basic("prometheus", "wrong"),
+    basic("prometheus", ""),
+    basic("prometheus", PASSWORD + "x"),
+    basic("nobody", PASSWORD),
+    basic("Prometheus", PASSWORD),  # user names are case-sensitive
+    basic("", PASSWORD),
+    {"Authorization": "Bearer " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()},
+    {"Authorization": "Basic"},
+    {"Authorization": "Basic !!!notbase64"},
+    {"Authorization": "Basic " + base64.b64encode(b"prometheus").decode()},  # no colon
+    {"Authorization": base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()},  # no scheme
+])
+def test_wrong_or_malformed_credentials_401(auth_server, headers):
+    status, resp_headers, body = fetch(auth_server, "/metrics", headers=headers)
+    assert status == 401 and resp_headers["WWW-Authenticate"] == 'Basic realm="dicom-probe"'
+    assert b"dicom_" not in body
+
+
+@pytest.mark.parametrize("user", sorted(USERS))
+def test_right_credentials_200_on_every_path(auth_server, store, user):
+    assert fetch(auth_server, "/metrics", headers=basic(user, PASSWORD))[2] == store.render()
+    assert fetch(auth_server, "/healthz", headers=basic(user, PASSWORD))[0] == 200
+    assert fetch(auth_server, "/", headers=basic(user, PASSWORD))[2] == b"<!doctype html><p>status</p>"
+    assert fetch(auth_server, "/nope", headers=basic(user, PASSWORD))[0] == 404
+    assert fetch(auth_server, "/metrics", method="POST", data=b"x", headers=basic(user, PASSWORD))[0] == 405
+    gzipped = fetch(auth_server, "/metrics", headers={**basic(user, PASSWORD), "Accept-Encoding": "gzip"})[2]
+    assert gzipped[:2] == b"\x1f\x8b"
+
+
+def test_auth_scheme_is_case_insensitive(auth_server):
+    header = "basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    assert fetch(auth_server, "/metrics", headers={"Authorization": header})[0] == 200
+
+
+def test_successful_checks_are_cached_failures_are_not(store):
+    slow = bcrypt.hashpw(b"pw", bcrypt.gensalt(12)).decode()  # about 0.3 s per check
+    srv = MetricsServer("127.0.0.1:0", store.render, lambda: (True, {}), basic_auth_users={"p": slow})
+    srv.start()
+    try:
+        t0 = time.monotonic()
+        assert fetch(srv, "/metrics", headers=basic("p", "pw"))[0] == 200
+        first = time.monotonic() - t0
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert fetch(srv, "/metrics", headers=basic("p", "pw"))[0] == 200
+        rest = (time.monotonic() - t0) / 5
+        assert srv.auth.bcrypt_checks == 1
+        assert rest < first / 4, (first, rest)
+        for _ in range(2):
+            assert fetch(srv, "/metrics", headers=basic("p", "nope"))[0] == 401
+        assert fetch(srv, "/metrics", headers=basic("q", "pw"))[0] == 401  # unknown user: still a bcrypt check
+        assert srv.auth.bcrypt_checks == 4
+    finally:
+        srv.stop()
+
+
+def test_cache_is_bounded_least_recently_used_first_out():
+    auth = _BasicAuth({"a": HASH, "b": HASH, "c": HASH}, cache_size=2)
+    for user in ("a", "b", "a", "c"):  # c evicts b, the least recently used
+        assert auth.check(basic(user, PASSWORD)["Authorization"])
+    assert auth.bcrypt_checks == 3 and len(auth._cache) == 2
+    assert auth.check(basic("a", PASSWORD)["Authorization"]) and auth.bcrypt_checks == 3
+    assert auth.check(basic("b", PASSWORD)["Authorization"]) and auth.bcrypt_checks == 4
+
+
+def test_cache_holds_no_password_material():
+    auth = _BasicAuth({"a": HASH})
+    assert auth.check(basic("a", PASSWORD)["Authorization"])
+    (key,) = auth._cache
+    assert PASSWORD.encode() not in key and key != __import__("hashlib").sha256(PASSWORD.encode()).digest()
+
+
+def test_long_passwords_are_cut_at_72_bytes_like_htpasswd():
+    long = "x" * 100
+    auth = _BasicAuth({"a": bcrypt.hashpw(long[:BCRYPT_MAX_PASSWORD].encode(), bcrypt.gensalt(4)).decode()})
+    assert auth.check(basic("a", long)["Authorization"])
+    assert not auth.check(basic("a", "x" * 71)["Authorization"])
+
+
+def test_nul_in_password_is_a_failure_not_an_error():
+    auth = _BasicAuth({"a": HASH})
+    assert not auth.check(basic("a", "p\0w")["Authorization"])
+
+
+@pytest.mark.parametrize("users,words", [
+    ({"a": "plaintext"}, "not a bcrypt hash"),
+    ({"a": "$apr1$abc$defghijklmnopqrstuvwxy"}, "not $apr1$"),
+    ({"a": "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g="}, "not {SHA}"),
+    ({"a": "$2x$" + HASH[4:]}, "not a bcrypt hash"),
+    ({"a": HASH[:-1]}, "60 characters"),
+    ({"a": "$2b$03$" + HASH[7:]}, "cost 04-31"),
+    ({"a": 1234}, "not a bcrypt hash"),
+    ({"a:b": HASH}, "without ':'"),
+    ({"": HASH}, "non-empty"),
+])
+def test_bad_users_are_rejected(users, words):
+    problem = basic_auth_problem(users)
+    assert problem and words in problem
+    assert "plaintext" not in problem  # a password put there by mistake is not echoed
+    with pytest.raises(ValueError, match="basic_auth_users"):
+        MetricsServer("127.0.0.1:0", lambda: b"", lambda: (True, {}), basic_auth_users=users)
+
+
+def test_no_users_means_no_authentication(server):
+    assert server.auth is None
+    assert fetch(server, "/metrics")[0] == 200
