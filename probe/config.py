@@ -172,6 +172,13 @@ SCHEMA: dict[str, Any] = {
         "user": Key(str, "", None, "started as root: switch to this user once capture is open ('' = stay)"),
         "group": Key(str, "", None, "... and this group ('' = the user's primary group)"),
     },
+    "evidence": {
+        "directory": Key(str, "", None, "write evidence pcaps of rejected/aborted associations here ('' = off)"),
+        "max_files": Key(int, 200, _positive, "evidence files kept at most (per worker); the oldest go first"),
+        "max_bytes": Key(int, 50 << 20, _positive, "bytes of evidence kept at most (per worker)"),
+        "per_minute": Key(int, 20, _positive, "evidence files written per minute at most (per worker)"),
+        "max_packets": Key(int, 64, _positive, "frames kept per connection while its association is set up"),
+    },
     "sites": Key(dict, {}, _sites, "site name -> client networks (CIDR), e.g. remote-hospital: [198.19.1.0/24]"),
     "known_ae_titles": Key(list, [], _titles, "AE titles expected on this network; others are reported as new"),
     "flows": {
@@ -216,6 +223,15 @@ class Config:
             limits=Limits(max_stream_buffer=f["max_stream_buffer"], max_buffer_total=f["max_buffer_total"],
                           max_control_pdu=self.raw["limits"]["max_control_pdu"]),
         )
+
+    def evidence_writer(self):
+        """An EvidenceWriter when evidence.directory is set, else None."""
+        from .evidence import EvidenceSettings, EvidenceWriter
+
+        ev = self.raw["evidence"]
+        if not ev["directory"]:
+            return None
+        return EvidenceWriter(EvidenceSettings(**ev))
 
     @property
     def workers(self) -> int:

@@ -46,7 +46,7 @@ _CONTROL_EVENTS = (P.AssociateRequest, P.AssociateAccept, P.AssociateReject, P.P
 
 class Connection:
     __slots__ = ("client", "server", "machine", "streams", "framers", "fin", "fin_seq", "closed", "last_ts",
-                 "deadline", "limits", "syn_seen", "cache")
+                 "deadline", "limits", "syn_seen", "cache", "evidence")
 
     def __init__(self, client: str, server: str, *, from_syn: bool, limits: Limits, cache: P.ItemCache | None = None,
                  budget: Budget | None = None):
@@ -64,6 +64,7 @@ class Connection:
         self.closed = False
         self.last_ts = 0.0
         self.deadline = 0  # timing-wheel bucket, owned by the flow table
+        self.evidence: list | None = None  # (ts, frame) kept for an evidence pcap (probe.evidence)
 
     def segment(self, from_client: bool, seq: int, ack: int, flags: int, payload: bytes, ts: float,
                 out: list) -> None:

@@ -147,6 +147,7 @@ class _Worker:
         on_association = {"json": self._record, "times": self.times.add, "both": self._record_and_time}.get(plan.records)
         self.pipe = Pipeline(cfg.flow_settings(plan.extra_ports), self.labeler, on_association,
                              interface="offline" if plan.read else None, sites=self.sites)
+        self.pipe.evidence = cfg.evidence_writer()
         self.ports = sorted(set(cfg.ports) | set(plan.extra_ports))
         self.handles: list = []  # live: (name, handle, fanout socket, decoder)
         self.last_packet_wall = 0.0

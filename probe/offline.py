@@ -29,6 +29,7 @@ def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Itera
     cfg = cfg or load(None)
     labeler = labeler or AeLabeler(cfg.max_ae_titles, cfg.ae_aliases)
     pipe = Pipeline(cfg.flow_settings(extra_ports), labeler, on_association, sites=SiteMap(cfg.sites))
+    pipe.evidence = cfg.evidence_writer()
     if len(sources) == 1:
         src = sources[0]
         src.dispatch_all(partial(pipe.packet, pipe.decoder(src.linktype)), tick and (lambda: tick(pipe)))

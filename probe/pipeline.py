@@ -12,7 +12,9 @@ from collections.abc import Callable
 from . import connection as C
 from .decode import Decoder
 from .dicom import association as A
+from .dicom import codes
 from .dicom import dimse as D
+from .evidence import EvidenceWriter
 from .dicom import pdu as P
 from .flows import FlowSettings, FlowTable
 from .metrics import AeLabeler, AssociationMetrics, MetricStore
@@ -48,6 +50,7 @@ class Pipeline:
         self._decoders: dict[int, Decoder] = {}
         self._out: list = []
         self.per_interface: dict[str, list[int]] = {}  # live capture: packets, bytes per interface
+        self.evidence: EvidenceWriter | None = None  # optional evidence pcaps (probe.evidence)
 
     def count_interface(self, name: str, packets: int, nbytes: int) -> None:
         """Attribute frames just fed (by a capture loop reading several interfaces) to ``name``."""
@@ -98,9 +101,37 @@ class Pipeline:
         seg = decoder.decode(frame)
         if seg is not None:
             self.flows.segment(seg, ts, self._out)
+            if self.evidence is not None:
+                self._keep_evidence(seg, ts, frame, decoder.linktype)
         if self._out:
             self._handle(self._out)
             self._out.clear()
+
+    def _keep_evidence(self, seg: tuple, ts: float, frame: bytes, linktype: int) -> None:
+        """Keep a connection's frames while its association is being set up; on A-ASSOCIATE-RJ or
+        A-ABORT write them (and the frame carrying it) as an evidence pcap."""
+        hit = self.flows._table.get((seg[0], seg[2], seg[1], seg[3]))
+        if hit is None:
+            return
+        conn = hit[0]
+        frames = conn.evidence
+        if frames is None:
+            frames = conn.evidence = []
+        ended = [n for n in self._out if n.__class__ in (A.AssociationRejected, A.AssociationAborted)]
+        setting_up = conn.machine.state in (A.IDLE, A.REQUESTED)
+        if ended or (setting_up and len(frames) < self.evidence.settings.max_packets):
+            frames.append((ts, frame))
+        for n in ended:
+            a = n.association
+            calling, called = self.labeler.label(a.calling_ae), self.labeler.label(a.called_ae)
+            if n.__class__ is A.AssociationRejected:
+                reason = codes.reject_reason_name(n.source, n.reason)
+            else:
+                reason = f"abort-{codes.abort_source_name(n.source)}-{codes.abort_reason_name(n.source, n.reason)}"
+            self.evidence.linktype = linktype
+            if self.evidence.write(frames, calling, called, reason):
+                self.store.inc("dicom_probe_evidence_files_total")
+            conn.evidence = []
 
     def tick(self, now: float) -> None:
         """Live capture on a quiet link: let idle timeouts run on the wall clock (which packet
@@ -139,6 +170,9 @@ class Pipeline:
         for reason, n in self.flows.evicted.items():
             s.set("dicom_probe_flows_evicted_total", (reason,), n)
         s.set("dicom_probe_retransmitted_segments_total", (), self.flows.retransmitted)
+        if self.evidence is not None:
+            for why, n in self.evidence.suppressed.items():
+                s.set("dicom_probe_evidence_suppressed_total", (why,), n)
         self.metrics.sync_label_counters()
 
     def _handle(self, out: list) -> None:
