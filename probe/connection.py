@@ -54,7 +54,7 @@ class Connection:
         self.server = server
         self.limits = limits
         self.cache = cache
-        self.machine = AssociationMachine(client, server, from_syn=from_syn)
+        self.machine = AssociationMachine(client, server, from_syn=from_syn, cache=cache)
         self.streams = (StreamReassembler(limits.max_stream_buffer, budget),
                         StreamReassembler(limits.max_stream_buffer, budget))
         self.framers: list[P.PduFramer | None] = [None, None]  # made at the direction's first byte

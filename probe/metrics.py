@@ -292,6 +292,9 @@ class AssociationMetrics:
             store.set(name, (), 0)  # present from the start, so rate() and absent() behave
 
     def _pair(self, a: A.Association) -> tuple[str, str, str]:
+        labels = a.labels
+        if labels is not None:
+            return labels
         site = a.site
         if site is None:
             site = a.site = self.sites.site_of(a.client if a.requestor_is_client else a.server)
@@ -301,7 +304,10 @@ class AssociationMetrics:
             seen[(calling, "calling")] = a.start_ts or 0.0
         if (called, "called") not in seen:
             seen[(called, "called")] = a.start_ts or 0.0
-        return calling, called, site
+        labels = (calling, called, site)
+        if AE_OVERFLOW not in labels:  # (overflow) is re-decided (and counted) at every sighting
+            a.labels = labels
+        return labels
 
     def handle(self, n) -> None:
         s = self.store

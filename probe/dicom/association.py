@@ -173,6 +173,7 @@ class Association:
     protocol_errors: int = 0
     dimse: DimseTracker | None = None
     site: str | None = None  # set by the metrics layer (deployment policy, not protocol)
+    labels: tuple | None = None  # the metrics layer's label values; cleared when the titles change
     pdata_bytes: list = field(default_factory=lambda: [0, 0])  # P-DATA-TF bytes to the acceptor, to the requestor
 
 
@@ -245,9 +246,10 @@ class ProtocolViolation:
 class AssociationMachine:
     """Follows the associations of one TCP connection. Feed PDU events with their direction."""
 
-    __slots__ = ("state", "current", "client", "server", "_from_syn", "_uncertain", "_release_rq_from")
+    __slots__ = ("state", "current", "client", "server", "_from_syn", "_uncertain", "_release_rq_from", "_cache")
 
-    def __init__(self, client: str, server: str, *, from_syn: bool):
+    def __init__(self, client: str, server: str, *, from_syn: bool, cache=None):
+        self._cache = cache  # decoded command sets, shared (see DimseTracker)
         self.state = IDLE
         self.current: Association | None = None
         self.client = client
@@ -301,7 +303,7 @@ class AssociationMachine:
 
     def _new(self, ts: float, from_client: bool | None, out: list, rq_seen: bool) -> Association:
         a = Association(self.client, self.server, rq_seen=rq_seen, start_ts=ts)
-        a.dimse = DimseTracker(a)
+        a.dimse = DimseTracker(a, self._cache)
         if from_client is not None and rq_seen:
             a.requestor_is_client = from_client
         self.current = a
@@ -350,6 +352,7 @@ class AssociationMachine:
             a.requestor_is_client = not from_client
             a.calling_ae = ev.calling_ae  # the acceptor echoes the RQ's titles (PS3.8 Table 9-17)
             a.called_ae = ev.called_ae
+            a.labels = a.site = None
         else:
             a.setup_seconds = max(0.0, ev.ts - a.start_ts)
         a.accept = ev
@@ -362,6 +365,7 @@ class AssociationMachine:
             a.setup_seconds = max(0.0, ev.ts - a.start_ts)
         else:
             a.requestor_is_client = not from_client
+            a.labels = a.site = None
         a.reject = (ev.result, ev.source, ev.reason)
         out.append(AssociationRejected(a, ev.result, ev.source, ev.reason))
         self._finish(a, REJECTED, ev.ts, out)

@@ -196,10 +196,13 @@ class _Pending:
 
 
 class DimseTracker:
-    __slots__ = ("association", "_fragments", "_pending", "stats")
+    __slots__ = ("association", "_fragments", "_pending", "stats", "_cache")
 
-    def __init__(self, association):
+    def __init__(self, association, cache=None):
         self.association = association
+        # Decoded command sets by their bytes, shared per flow table: a C-FIND's pending responses,
+        # every C-ECHO-RQ with Message ID 1, ... are the same bytes again and again.
+        self._cache = cache
         self._fragments: dict[tuple[bool, int], bytearray] = {}
         self._pending: dict[tuple[bool, int], _Pending] = {}  # (request sent by client?, message id)
         self.stats: dict[str, CommandStats] = {}
@@ -240,11 +243,16 @@ class DimseTracker:
         return s
 
     def _command(self, from_client: bool, data: bytes, ts: float, out: list) -> None:
-        try:
-            cmd = decode_command(data)
-        except CommandError as e:
-            out.append(DimseError(e.kind))
-            return
+        cache = self._cache
+        cmd = cache.get(data) if cache is not None else None
+        if cmd is None:
+            try:
+                cmd = decode_command(data)
+            except CommandError as e:
+                out.append(DimseError(e.kind))
+                return
+            if cache is not None:
+                cache.put(data, cmd)
         name = cmd.name
         if name == "unknown":
             out.append(DimseError("unknown-command"))
