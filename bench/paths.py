@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""The probe's per-packet paths, measured without a profiler.
+
+    python3 bench/paths.py CAPTURE [--json FILE]
+
+Feeds CAPTURE through the probe's own FileSource (libpcap, the same BPF filter) and Pipeline, as
+``dicom-probe analyze`` does, timing every ``Pipeline.packet`` call with perf_counter_ns. Each frame
+is put in one class:
+
+- "fast lane: ..." when the call returned without decoding the frame (Decoder.decode never ran);
+- otherwise the full path, with the reason the fast lane did not take it, found by re-checking the
+  fast lane's conditions (probe/pipeline.py) on the flow table's state just before the call.
+
+It also measures the floor of any design that calls Python once per packet: libpcap's dispatch
+with the same filter into a Python callback that does nothing (best of three passes over a file
+already in the page cache).
+
+Nothing in probe/ is modified: the only instrumentation is a counting wrapper around
+Decoder.decode installed in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from probe import pipeline as PL  # noqa: E402
+from probe.capture import FileSource  # noqa: E402
+from probe.config import load  # noqa: E402
+from probe.decode import Decoder  # noqa: E402
+from probe.dicom import pdu as P  # noqa: E402
+from probe.metrics import AeLabeler  # noqa: E402
+from probe.sites import SiteMap  # noqa: E402
+
+STATE_NAMES = {getattr(P, n): n.strip("_").lower().replace("_", "-")
+               for n in ("_HEADER", "_CONTROL", "_PDV_HEADER", "_DATA", "_COMMAND", "_SKIP", "_RESYNC")
+               if hasattr(P, n)}
+
+
+SHARDS = (2, 3, 4)
+
+
+def _shard_hash(frame) -> int | None:
+    """The daemon's BPF shard key, (ip[12:4] + ip[16:4] + tcp[0:2] + tcp[2:2]) in 32 bits, for an
+    untagged Ethernet IPv4 frame (None otherwise: those go to worker 0 or are rare here)."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    t = 14 + ihl
+    if len(frame) < t + 4:
+        return None
+    return (int.from_bytes(frame[26:30], "big") + int.from_bytes(frame[30:34], "big")
+            + int.from_bytes(frame[t:t + 2], "big") + int.from_bytes(frame[t + 2:t + 4], "big")) & 0xFFFFFFFF
+
+
+def classify(pipe, decoder, frame) -> str:
+    """Why the fast lane would (not) take this frame, from the state before the call."""
+    try:
+        off = decoder.fast_offset
+        if off < 0 or len(frame) < off + 34:
+            return "full: link layer without the fast layout / short frame"
+        ethertype, vihl, total, frag, proto, key, seq, doff, flags = PL._FAST(frame, off - 2)
+        if ethertype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF:
+            return "full: not plain IPv4/TCP"
+        if flags & 0x07:
+            return "full: SYN, FIN or RST"
+        entry = pipe.flows.fast.get(key)
+        if entry is None:
+            return "full: no flow-table entry (closed connection or new)"
+        conn, d, stream, other = entry
+        n = total - 20 - ((doff >> 4) << 2)
+        if other._ooo:
+            return "full: reverse direction holds out-of-order data"
+        if n <= 0:
+            return "fast lane: pure ACK"
+        framer = conn.framers[d]
+        if framer is None:
+            return "full: first payload of the direction"
+        if framer._state != PL._DATA:
+            size = "12-byte segment" if n == 12 else "full-size segment" if n >= 1448 else "short segment"
+            return f"full: framer not inside a data PDV ({STATE_NAMES.get(framer._state, framer._state)}), {size}"
+        if seq != stream.next_seq or stream._ooo:
+            return "full: out of order or retransmitted"
+        if n == framer._pdv_left:
+            return "full: segment ends exactly at the data PDV's end"
+        if n > framer._pdv_left:
+            return "full: segment crosses the data PDV's end"
+        return "fast lane: inside a data PDV"
+    except Exception as e:  # the pipeline changed shape: still count the frame
+        return f"unknown ({type(e).__name__})"
+
+
+def measure(path: str) -> dict:
+    cfg = load(None)
+    ports = sorted(cfg.ports)
+
+    # 1. The floor: libpcap dispatch (same filter) into a Python callback that does nothing; the
+    # file is read once first (page cache), and the best of three passes is kept.
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+    def noop(ts, frame):
+        pass
+
+    floor_s = float("inf")
+    for _ in range(3):
+        src = FileSource(path, ports)
+        t0 = time.perf_counter()
+        src.dispatch_all(noop)
+        floor_s = min(floor_s, time.perf_counter() - t0)
+    src2 = FileSource(path, ports)
+    t0 = time.perf_counter()
+    frames = 0
+    for batch in src2.batches():
+        frames += len(batch)
+    batches_s = time.perf_counter() - t0
+
+    # 2. Every Pipeline.packet call, timed and classified.
+    calls = [0]
+    orig = Decoder.decode
+
+    def decode(self, frame):
+        calls[0] += 1
+        return orig(self, frame)
+
+    Decoder.decode = decode
+    try:
+        src = FileSource(path, ports)
+        pipe = PL.Pipeline(cfg.flow_settings(()), AeLabeler(cfg.max_ae_titles, cfg.ae_aliases), None,
+                           sites=SiteMap(cfg.sites))
+        dec = pipe.decoder(src.linktype)
+        packet = pipe.packet
+        stats: dict[str, list] = defaultdict(lambda: [0, 0])  # class -> [frames, ns]
+        shard_ns = {n: [0] * n for n in SHARDS}  # packet time per worker of `--workers n`
+        now = time.perf_counter_ns
+        overhead = min(-(now() - now()) for _ in range(1000))
+        mismatch = [0]
+
+        def cb(ts, frame):
+            why = classify(pipe, dec, frame)
+            before = calls[0]
+            t = now()
+            packet(dec, ts, frame)
+            dt = now() - t - overhead
+            fast = calls[0] == before
+            if fast != why.startswith("fast"):
+                mismatch[0] += 1
+                why = ("fast lane: other" if fast else "full: other") + " (classifier disagrees)"
+            s = stats[why]
+            s[0] += 1
+            s[1] += dt
+            h = _shard_hash(frame)
+            for k, v in shard_ns.items():
+                v[h % k if h is not None else 0] += dt
+
+        t0 = time.perf_counter()
+        src.dispatch_all(cb)
+        t1 = time.perf_counter()
+        pipe.finish()
+        finish_s = time.perf_counter() - t1
+    finally:
+        Decoder.decode = orig
+    total_frames = sum(v[0] for v in stats.values())
+    total_ns = sum(v[1] for v in stats.values())
+    classes = sorted(({"class": k, "frames": v[0], "seconds": v[1] / 1e9, "us_per_frame": v[1] / v[0] / 1e3}
+                      for k, v in stats.items()), key=lambda c: -c["seconds"])
+    fast = [c for c in classes if c["class"].startswith("fast")]
+    return {
+        "capture": path,
+        "frames_after_filter": total_frames,
+        "floor_dispatch_noop_s": floor_s,
+        "floor_dispatch_noop_fps": frames / floor_s if floor_s else None,
+        "batches_s": batches_s,
+        "packet_calls_s": total_ns / 1e9,
+        "timed_loop_s": t1 - t0,
+        "finish_s": finish_s,
+        "fast_frames": sum(c["frames"] for c in fast),
+        "fast_seconds": sum(c["seconds"] for c in fast),
+        "classes": classes,
+        "classifier_mismatches": mismatch[0],
+        "packet_seconds_by_worker_shard": {str(k): [x / 1e9 for x in v] for k, v in shard_ns.items()},
+    }
+
+
+def text(r: dict) -> str:
+    n = r["frames_after_filter"]
+    lines = [f"{n:,} frames after the BPF filter; Pipeline.packet total {r['packet_calls_s']:.2f} s "
+             f"({1e6 * r['packet_calls_s'] / n:.2f} us/frame); finish {r['finish_s']:.2f} s",
+             f"floor: libpcap dispatch into a no-op Python callback {r['floor_dispatch_noop_s']:.2f} s "
+             f"({r['floor_dispatch_noop_fps']:,.0f} frames/s)",
+             f"fast lane: {r['fast_frames']:,} frames ({100 * r['fast_frames'] / n:.1f}%), "
+             f"{r['fast_seconds']:.2f} s ({100 * r['fast_seconds'] / r['packet_calls_s']:.1f}% of packet time)"]
+    for c in r["classes"]:
+        lines.append(f"  {c['frames']:>9,} {100 * c['frames'] / n:5.1f}%  {c['seconds']:6.2f} s "
+                     f"{100 * c['seconds'] / r['packet_calls_s']:5.1f}%  {c['us_per_frame']:7.2f} us/frame  {c['class']}")
+    for k, v in r.get("packet_seconds_by_worker_shard", {}).items():
+        lines.append(f"  --workers {k}: packet time per worker " + ", ".join(f"{x:.2f} s" for x in v)
+                     + f" (busiest {100 * max(v) / sum(v):.0f}%)")
+    if r["classifier_mismatches"]:
+        lines.append(f"  ({r['classifier_mismatches']} frames where the re-checked conditions disagreed with the "
+                     f"probe: probe/pipeline.py's fast lane changed)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("capture")
+    ap.add_argument("--json", help="also write the result as JSON to this file")
+    args = ap.parse_args(argv)
+    r = measure(args.capture)
+    print(text(r))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
