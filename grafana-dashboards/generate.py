@@ -35,6 +35,10 @@ FAILURE, WARNING, CANCEL = 'status_class="failure"', 'status_class="warning"', '
 FINAL = 'status_class!="pending"'
 FAILED = 'outcome="failed"'
 ACCEPTED, NOT_ACCEPTED = 'result="acceptance"', 'result!="acceptance"'
+# DICOM over TLS: one server (address:port) / client site selection.
+T = B + ', site=~"$site", server=~"$server"'
+TS = B + ', server=~"$server"'
+DEPRECATED = 'version=~"SSLv3|TLSv1.0|TLSv1.1"'
 
 PAIR_DASHBOARD_LINK = (
     "/d/dicom-ae-pair/dicom-ae-pair?${__url_time_range}&var-datasource=${datasource}"
@@ -700,11 +704,81 @@ def probe_health() -> dict:
                      panels, probe_vars())
 
 
+# -- dicom-tls ---------------------------------------------------------------------------------------
+
+
+def tls() -> dict:
+    conn, fail = "dicom_tls_connections_total", "dicom_tls_handshake_failures_total"
+    hs = "dicom_tls_handshakes_total"
+    cert = "dicom_tls_certificate_not_after_timestamp_seconds"
+    variables = [
+        *probe_vars(),
+        query_var("site", "Site", f"label_values({conn}{{{B}}}, site)"),
+        query_var("server", "TLS server", f'label_values({conn}{{{B}, site=~"$site"}}, server)'),
+    ]
+    panels = [
+        row("Now"),
+        stat("TLS connections/s", targets((f"sum({rate(conn, T)})", "connections/s")), "reqps",
+             "Connections to the TLS ports (config tls_ports) that carried bytes, per second."),
+        stat("Handshakes failing", targets((ratio(rate(fail, T), rate(conn, T)), "failing")), "percentunit",
+             "Share of TLS connections that ended before the handshake completed.",
+             steps=((0.05, "orange"), (0.2, "red"))),
+        stat("Handshakes completed/s", targets((f"sum({rate(hs, T)})", "completed/s")), "reqps",
+             "TLS handshakes completed (both sides sent application data) per second."),
+        stat("Deprecated versions", targets((ratio(rate(hs, T, DEPRECATED), rate(hs, T)), "deprecated")),
+             "percentunit", "Share of completed handshakes that used SSLv3, TLS 1.0 or TLS 1.1 (RFC 8996).",
+             steps=((0.0001, "orange"),)),
+        stat("Soonest certificate expiry", targets((f"min({cert}{{{TS}}}) - time()", "expires in")), "s",
+             "Time until the first of the certificates seen (TLS <= 1.2 handshakes) expires; negative: expired.",
+             steps=(), graph=False),
+        stat("Incomplete/s", targets((f"sum({rate('dicom_tls_incomplete_total', T)}) or vector(0)", "incomplete/s")),
+             "reqps", "TLS connections whose handshake the capture did not show whole (mid-stream, loss)."),
+
+        row("Handshakes"),
+        timeseries("Handshake failures/s by alert", targets(
+            (f"sum by (alert, sent_by) ({rate(fail, T)})", "{{alert}} ({{sent_by}})")), "ops",
+            "TLS connections that ended before the handshake completed: by the alert seen in clear (unknown_ca, "
+            "certificate_expired, protocol_version, ...) or encrypted-alert, tcp-reset, tcp-close, timeout, not-tls, "
+            "and who sent it.", stack=True),
+        timeseries("Failure % by server and site", targets(
+            (ratio(rate(fail, T), rate(conn, T), "server, site"), "{{server}} from {{site}}")), "percentunit",
+            "Share of TLS connections failing their handshake, per server and client site."),
+        timeseries("Completed handshakes/s by version", targets(
+            (f"sum by (version) ({rate(hs, T)})", "{{version}}")), "ops",
+            "Completed TLS handshakes by negotiated version.", stack=True, w=8),
+        timeseries("Connections/s by server", targets(
+            (f"sum by (server) ({rate(conn, T)})", "{{server}}")), "ops",
+            "TLS connections per second by server address:port.", w=8),
+        timeseries("Handshake time percentiles", targets(*[
+            (f"histogram_quantile({q}, sum by (le) (rate(dicom_tls_handshake_seconds_bucket{{{TS}}}[{RATE}])))",
+             f"p{round(q * 100)}") for q in (0.5, 0.95)]), "s",
+            "Time from the ClientHello to the handshake's completion (labelled by server only: the site "
+            "selection does not apply).", w=8),
+        table("Handshake failures by server, site and alert",
+              in_range(fail, T, "server, site, alert, sent_by") + " > 0",
+              "Failed TLS handshakes in the selected time range." + NEW_SERIES_NOTE, w=24, h=7,
+              value_name="Failures"),
+
+        row("Certificates"),
+        table("Certificate expiry", f"min by (server, role, subject, issuer) ({cert}{{{TS}}}) - time()",
+              "Leaf certificates seen in clear (TLS <= 1.2 handshakes: TLS 1.3 encrypts them), by the server of the "
+              "connection, role, subject and issuer: time left until notAfter (negative: expired). Soonest first.",
+              w=24, h=7, value_name="Expires in", unit="s"),
+    ]
+    for p in panels:  # soonest expiry first
+        if p["title"] == "Certificate expiry":
+            p["options"]["sortBy"] = [{"displayName": "Expires in", "desc": False}]
+    return dashboard("dicom-tls", "DICOM over TLS",
+                     "TLS handshakes on the DICOM-over-TLS ports: failures by alert, versions, certificate expiry "
+                     "(dicom-probe; nothing is decrypted).", panels, variables, tags=("tls",))
+
+
 DASHBOARDS = {
     "dicom-overview.json": overview,
     "dicom-ae-pair.json": ae_pair,
     "dicom-dimse.json": dimse,
     "dicom-probe-health.json": probe_health,
+    "dicom-tls.json": tls,
 }
 
 

@@ -14,7 +14,8 @@ from .decode import Decoder
 from .offline import open_sources, run
 from .pipeline import Pipeline
 from .metrics import AeLabeler
-from .report import ResponseTimes, association_json, association_record, record_json, render_table
+from .report import ResponseTimes, association_json, association_record, record_json, render_table, tls_record
+from .sites import SiteMap
 from .statuspage import render_report
 
 
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files (merged by time)")
     a.add_argument("--config", help="YAML configuration (ports, limits, label policy)")
     a.add_argument("--port", type=int, action="append", default=[], help="another DICOM server port (repeatable)")
+    a.add_argument("--tls-port", type=int, action="append", default=[],
+                   help="another DICOM-over-TLS server port (repeatable; config tls_ports has 2762)")
     a.add_argument("--format", choices=("table", "json", "prom", "html"), default="table",
                    help="table (default), json (one record per association), prom (the exposition), "
                         "html (a self-contained incident report)")
@@ -78,7 +81,7 @@ def _run(args) -> int:
             return 2
     if args.read:
         try:
-            open_sources(args.read, cfg.ports)  # fail early with a clear message
+            open_sources(args.read, cfg.capture_ports())  # fail early with a clear message
         except CaptureError as e:
             print(f"dicom-probe: {e}", file=sys.stderr)
             return 1
@@ -164,11 +167,13 @@ def _analyze(args) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    bad_ports = [p for p in args.port if not 1 <= p <= 65535]
-    if bad_ports:
-        print(f"dicom-probe: --port {bad_ports[0]}: not a TCP port (1-65535)", file=sys.stderr)
-        return 2
-    ports = sorted(set(cfg.ports) | set(args.port))
+    for opt, given in (("--port", args.port), ("--tls-port", args.tls_port)):
+        bad_ports = [p for p in given if not 1 <= p <= 65535]
+        if bad_ports:
+            print(f"dicom-probe: {opt} {bad_ports[0]}: not a TCP port (1-65535)", file=sys.stderr)
+            return 2
+    cfg = cfg.with_tls_ports(args.tls_port)
+    ports = cfg.capture_ports(args.port)
     try:
         sources = open_sources(args.captures, ports)
     except CaptureError as e:
@@ -183,13 +188,21 @@ def _analyze(args) -> int:
     labeler = AeLabeler(cfg.max_ae_titles, cfg.ae_aliases)
     times = ResponseTimes(labeler)
     records: list[dict] = []
+    sites = SiteMap(cfg.sites)
+    on_tls = None
     if args.format == "json":
         def on_association(a):
             out.write(association_json(a) + "\n")
+
+        def on_tls(r):
+            out.write(record_json(tls_record(r, sites)) + "\n")
     elif args.format == "html":
         def on_association(a):
             times.add(a)
             records.append(association_record(a))
+
+        def on_tls(r):
+            records.append(tls_record(r, sites))
     else:
         on_association = times.add
     progress = _Progress(sum(s.size for s in sources), sys.stderr.isatty() and not args.quiet)
@@ -198,7 +211,7 @@ def _analyze(args) -> int:
         return 2
     try:
         if args.workers == 1:
-            pipe = run(sources, cfg, args.port, on_association, progress.tick, labeler)
+            pipe = run(sources, cfg, args.port, on_association, progress.tick, labeler, on_tls)
             store = pipe.store
             progress.file_bytes = progress.total
             progress.update(pipe.packets, pipe.bytes, pipe.associations, force=True)

@@ -38,6 +38,10 @@ def _ports(v):
     return None
 
 
+def _tls_ports(v):
+    return _ports(v) if v else None  # may be empty: no TLS observation
+
+
 def _port_range(lo, hi):
     def check(v):
         return None if lo <= v <= hi else f"must be between {lo} and {hi}"
@@ -149,6 +153,7 @@ def _aliases(v):
 
 SCHEMA: dict[str, Any] = {
     "ports": Key(list, [104, 11112], _ports, "TCP ports DICOM servers listen on"),
+    "tls_ports": Key(list, [2762], _tls_ports, "TCP ports of DICOM over TLS: handshakes observed, content not ([] = off)"),
     "capture": {
         "interfaces": Key(list, ["any"], _interfaces, "interfaces to capture on (a SPAN/TAP port), or any"),
         "snaplen": Key(int, 65535, _port_range(128, 262144), "bytes captured per frame"),
@@ -213,10 +218,26 @@ class Config:
     def ports(self) -> list[int]:
         return list(self.raw["ports"])
 
-    def flow_settings(self, extra_ports=()) -> FlowSettings:
+    @property
+    def tls_ports(self) -> list[int]:
+        return list(self.raw["tls_ports"])
+
+    def capture_ports(self, extra_ports=(), extra_tls_ports=()) -> list[int]:
+        """Every port the capture filter must let through: DICOM and DICOM over TLS."""
+        return sorted(set(self.ports) | set(extra_ports) | set(self.tls_ports) | set(extra_tls_ports))
+
+    def with_tls_ports(self, extra) -> "Config":
+        """This configuration with more TLS ports (``analyze --tls-port``)."""
+        if not extra:
+            return self
+        return Config({**self.raw, "tls_ports": sorted(set(self.tls_ports) | set(extra))})
+
+    def flow_settings(self, extra_ports=(), extra_tls_ports=()) -> FlowSettings:
         f = self.raw["flows"]
+        tls = (frozenset(self.tls_ports) | frozenset(extra_tls_ports)) - frozenset(extra_ports)
         return FlowSettings(
-            server_ports=frozenset(self.ports) | frozenset(extra_ports),
+            tls_ports=tls,
+            server_ports=(frozenset(self.ports) - tls) | frozenset(extra_ports),
             idle_timeout=float(f["idle_timeout"]),
             closed_linger=float(f["closed_linger"]),
             max_flows=f["max_flows"],
@@ -305,6 +326,9 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError(source, [(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
     errors: list = []
     raw = _validate(SCHEMA, data, "", errors)
+    both = sorted(set(raw["ports"]) & set(raw["tls_ports"]))
+    if both:
+        errors.append(("tls_ports", f"port {both[0]} is also in ports: a port carries DICOM or DICOM over TLS, not both"))
     if errors:
         raise ConfigError(source, errors)
     return Config(raw)

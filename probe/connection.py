@@ -44,24 +44,28 @@ _CONTROL_EVENTS = (P.AssociateRequest, P.AssociateAccept, P.AssociateReject, P.P
                    P.ReleaseRequest, P.ReleaseReply, P.Abort)
 
 
-class Connection:
-    __slots__ = ("client", "server", "machine", "streams", "framers", "fin", "fin_seq", "closed", "last_ts",
-                 "deadline", "limits", "syn_seen", "cache", "evidence")
+class TcpConnection:
+    """What every tracked TCP connection shares: two reassembled directions, SYN/FIN/RST handling.
 
-    def __init__(self, client: str, server: str, *, from_syn: bool, limits: Limits, cache: P.ItemCache | None = None,
-                 budget: Budget | None = None):
+    Subclasses say what the in-order bytes mean (``_deliver``) and what the end of the transport
+    means (``_transport_closed``, ``_timed_out``, ``_capture_ended``).
+    """
+
+    __slots__ = ("client", "server", "streams", "fin", "fin_seq", "closed", "last_ts", "deadline", "limits",
+                 "syn_seen", "evidence", "closed_by", "reset")
+
+    def __init__(self, client: str, server: str, *, limits: Limits, budget: Budget | None = None):
         self.client = client
         self.server = server
         self.limits = limits
-        self.cache = cache
-        self.machine = AssociationMachine(client, server, from_syn=from_syn, cache=cache)
         self.streams = (StreamReassembler(limits.max_stream_buffer, budget),
                         StreamReassembler(limits.max_stream_buffer, budget))
-        self.framers: list[P.PduFramer | None] = [None, None]  # made at the direction's first byte
         self.syn_seen = [False, False]
         self.fin = [False, False]
         self.fin_seq: list[int | None] = [None, None]
         self.closed = False
+        self.closed_by: int | None = None  # direction (0 client, 1 server) of the first FIN or RST
+        self.reset = False  # an RST ended the connection
         self.last_ts = 0.0
         self.deadline = 0  # timing-wheel bucket, owned by the flow table
         self.evidence: list | None = None  # (ts, frame) kept for an evidence pcap (probe.evidence)
@@ -89,36 +93,44 @@ class Connection:
             if chunks:
                 self._deliver(d, chunks, ts, out)
         if flags & (TCP_FIN | TCP_RST):
+            if self.closed_by is None:
+                self.closed_by = d
             if flags & TCP_FIN:
                 # Where the sender's stream ends. Retransmissions may still fill holes before it
                 # (a FIN can overtake them), so holes are settled only when the connection closes.
                 self.fin_seq[d] = (seq + len(payload)) & 0xFFFFFFFF
                 self.fin[d] = True
             else:
+                self.reset = True
                 self.fin[0] = self.fin[1] = True  # an RST's sequence number proves nothing
             if self.fin[0] and self.fin[1]:
                 self.close(ts, out)
 
     def close(self, ts: float, out: list) -> None:
-        """The transport ended (FIN both ways or RST): flush both directions, then tell the machine."""
+        """The transport ended (FIN both ways or RST): flush both directions, then say so."""
         if self.closed:
             return
         self._flush(ts, out)
         self.closed = True
-        self.machine.closed(ts, out)
+        self._transport_closed(ts, out)
 
     def timeout(self, ts: float, out: list) -> None:
         self._flush(ts, out)
         if self.fin[0] or self.fin[1]:
             self.closed = True
-            self.machine.closed(ts, out)  # a FIN was seen: the connection did end
+            self._transport_closed(ts, out)  # a FIN was seen: the connection did end
         else:
-            self.machine.timeout(ts, out)
+            self._timed_out(ts, out)
 
     def end(self, ts: float, out: list) -> None:
         """The capture ended with this connection still open."""
         self._flush(ts, out)
-        self.machine.end(ts, out)
+        self._capture_ended(ts, out)
+
+    @property
+    def answered(self) -> bool:
+        """The server side has answered (the flow table evicts unanswered connections first)."""
+        raise NotImplementedError
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -130,6 +142,47 @@ class Connection:
             chunks = stream.flush() if end is None else stream.finish(end)
             if chunks:
                 self._deliver(d, chunks, ts, out)
+
+    def _deliver(self, d: int, chunks: list, ts: float, out: list) -> None:
+        raise NotImplementedError
+
+    def _transport_closed(self, ts: float, out: list) -> None:
+        raise NotImplementedError
+
+    def _timed_out(self, ts: float, out: list) -> None:
+        raise NotImplementedError
+
+    def _capture_ended(self, ts: float, out: list) -> None:
+        raise NotImplementedError
+
+
+_NOT_ANSWERED = ("idle", "requested")  # association.IDLE, association.REQUESTED
+
+
+class Connection(TcpConnection):
+    """A DICOM connection: two PDU framers, one association machine."""
+
+    __slots__ = ("machine", "framers", "cache")
+
+    def __init__(self, client: str, server: str, *, from_syn: bool, limits: Limits, cache: P.ItemCache | None = None,
+                 budget: Budget | None = None):
+        super().__init__(client, server, limits=limits, budget=budget)
+        self.cache = cache
+        self.machine = AssociationMachine(client, server, from_syn=from_syn, cache=cache)
+        self.framers: list[P.PduFramer | None] = [None, None]  # made at the direction's first byte
+
+    @property
+    def answered(self) -> bool:
+        return self.machine.state not in _NOT_ANSWERED
+
+    def _transport_closed(self, ts: float, out: list) -> None:
+        self.machine.closed(ts, out)
+
+    def _timed_out(self, ts: float, out: list) -> None:
+        self.machine.timeout(ts, out)
+
+    def _capture_ended(self, ts: float, out: list) -> None:
+        self.machine.end(ts, out)
 
     def _framer(self, d: int) -> P.PduFramer:
         f = self.framers[d]

@@ -148,7 +148,9 @@ class _Worker:
         self.pipe = Pipeline(cfg.flow_settings(plan.extra_ports), self.labeler, on_association,
                              interface="offline" if plan.read else None, sites=self.sites)
         self.pipe.evidence = cfg.evidence_writer()
-        self.ports = sorted(set(cfg.ports) | set(plan.extra_ports))
+        if plan.records in ("json", "both"):
+            self.pipe.on_tls = self._tls_record
+        self.ports = cfg.capture_ports(plan.extra_ports)
         self.handles: list = []  # live: (name, handle, fanout socket, decoder)
         self.last_packet_wall = 0.0
         self.done = False
@@ -156,6 +158,9 @@ class _Worker:
 
     def _record(self, a) -> None:
         self.records.append(association_record(a))
+
+    def _tls_record(self, r) -> None:
+        self.records.append(tls_record(r, self.sites))
 
     def _record_and_time(self, a) -> None:
         self.records.append(association_record(a))
@@ -488,7 +493,7 @@ class Supervisor:
             return self._reload(cfg)
 
     def _reload(self, cfg: Config) -> list[str]:
-        needs_restart = [k for k in ("ports", "capture", "workers", "http", "flows", "limits")
+        needs_restart = [k for k in ("ports", "tls_ports", "capture", "workers", "http", "flows", "limits")
                          if cfg.raw[k] != self.cfg.raw[k]]
         self.titles.known = cfg.known_ae_titles
         self.titles.cap = cfg.max_ae_titles

@@ -22,19 +22,20 @@ import struct
 from dataclasses import dataclass
 
 from .connection import Connection, Limits
+from .tlscert import CertParser
+from .tlsflow import TlsConnection
 from .decode import TCP_ACK, TCP_SYN
-from .dicom import association as A
 from .dicom.pdu import ItemCache
 from .stream import Budget
 
 
 _PORTS = struct.Struct(">HH")
-_NOT_ANSWERED = (A.IDLE, A.REQUESTED)
 
 
 @dataclass(frozen=True, slots=True)
 class FlowSettings:
-    server_ports: frozenset[int] = frozenset((104, 11112))
+    server_ports: frozenset[int] = frozenset((104, 11112))  # DICOM, and DICOM over TLS (tls_ports)
+    tls_ports: frozenset[int] = frozenset((2762,))  # connections to these are observed as TLS
     idle_timeout: float = 300.0
     closed_linger: float = 30.0
     max_flows: int = 100_000
@@ -50,7 +51,9 @@ def endpoint(addr: bytes, port: int) -> str:
 class FlowTable:
     def __init__(self, settings: FlowSettings = FlowSettings()):
         self.settings = settings
-        self._ports = settings.server_ports
+        self._ports = settings.server_ports | settings.tls_ports
+        self._tls_ports = settings.tls_ports
+        self.cert_parser = CertParser()  # certificate summaries, cached (the same ones recur)
         self._table: dict[tuple, tuple[Connection, bool]] = {}
         # IPv4 connections by the 12 header bytes (source and destination address, then source and
         # destination port) that follow each other in an IPv4 header without options and its TCP
@@ -88,7 +91,7 @@ class FlowTable:
                 if payload and self._handshake.pop(key, None) is not None:
                     self._unanswered[key] = conn
                 conn.segment(from_client, seq, ack, flags, payload, ts, out)
-                if key in self._unanswered and conn.machine.state not in _NOT_ANSWERED:
+                if key in self._unanswered and conn.answered:
                     del self._unanswered[key]
                 if conn.closed:
                     self._closed(conn, ts)
@@ -111,8 +114,13 @@ class FlowTable:
             client, server = endpoint(src, sport), endpoint(dst, dport)
         else:
             client, server = endpoint(dst, dport), endpoint(src, sport)
-        conn = Connection(client, server, from_syn=bool(flags & TCP_SYN), limits=self.settings.limits,
-                          cache=self.item_cache, budget=self.budget)
+        server_port = dport if src_is_client else sport
+        if server_port in self._tls_ports:
+            conn = TlsConnection(client, server, limits=self.settings.limits, budget=self.budget,
+                                 certs=self.cert_parser)
+        else:
+            conn = Connection(client, server, from_syn=bool(flags & TCP_SYN), limits=self.settings.limits,
+                              cache=self.item_cache, budget=self.budget)
         fwd, rev = (src, sport, dst, dport), (dst, dport, src, sport)
         self._table[fwd] = (conn, src_is_client)
         self._table[rev] = (conn, not src_is_client)

@@ -20,6 +20,7 @@ from .dicom import codes
 from .dicom import dimse as D
 from .dicom.sopclasses import sop_class_label
 from .sites import SiteMap
+from . import tls as T
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
@@ -38,6 +39,7 @@ class Family:
     labels: tuple[str, ...]
     help: str
     buckets: tuple[float, ...] = ()
+    merge: str = "sum"  # how worker snapshots combine: "sum", or "max" (a timestamp every worker may report)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -72,6 +74,26 @@ FAMILIES: tuple[Family, ...] = (
            "DIMSE requests without a final response when their association ended."),
     Family("dicom_dimse_unmatched_responses_total", COUNTER, PAIR + ("command",),
            "DIMSE responses whose request was not seen (capture started mid-operation)."),
+    Family("dicom_tls_connections_total", COUNTER, ("site", "server"),
+           "TCP connections to a TLS port (config tls_ports) that carried bytes, by the client's site and server address:port."),
+    Family("dicom_tls_handshakes_total", COUNTER, ("site", "server", "version"),
+           "TLS handshakes completed (both sides sent application data), by negotiated version (TLSv1.0 ... TLSv1.3)."),
+    Family("dicom_tls_handshake_failures_total", COUNTER, ("site", "server", "alert", "sent_by"),
+           "TLS connections that ended before the handshake completed: by the alert seen in clear (unknown_ca, "
+           "certificate_expired, protocol_version, handshake_failure, ...), or encrypted-alert, tcp-reset, tcp-close, "
+           "timeout, not-tls; sent_by client, server or unknown."),
+    Family("dicom_tls_incomplete_total", COUNTER, ("site", "server"),
+           "TLS connections whose handshake the capture did not show whole (picked up mid-stream, loss, capture end)."),
+    Family("dicom_tls_handshake_seconds", HISTOGRAM, ("server",),
+           "Time from the first byte of the ClientHello to the handshake's completion.", SETUP_BUCKETS),
+    Family("dicom_tls_certificate_not_after_timestamp_seconds", GAUGE, ("server", "role", "subject", "issuer"),
+           "Expiry (notAfter, Unix time) of the leaf certificates seen in clear (TLS <= 1.2 handshakes), by the "
+           "server of the connection, role (server or client certificate), subject and issuer (common name, else "
+           "organisation).", merge="max"),
+    Family("dicom_probe_tls_errors_total", COUNTER, ("kind",),
+           "TLS records or handshake messages that could not be parsed, by kind (not-tls, record-malformed, ...)."),
+    Family("dicom_probe_tls_label_overflow_total", COUNTER, (),
+           "TLS server or certificate label values shown as (overflow) because the distinct-value cap was reached."),
     Family("dicom_probe_packets_total", COUNTER, ("interface",), "Frames received from the capture (after the BPF filter)."),
     Family("dicom_probe_bytes_total", COUNTER, ("interface",), "Bytes of the frames received from the capture."),
     Family("dicom_probe_frames_skipped_total", COUNTER, ("kind",),
@@ -190,6 +212,25 @@ class AeLabeler:
         return title
 
 
+class BoundedLabels:
+    """Label values from the wire that are not AE titles (TLS servers, certificate subjects): kept as
+    they come (the caller sanitises them) up to ``max_values`` distinct ones, then ``(overflow)``."""
+
+    def __init__(self, max_values: int = 500):
+        self.max_values = max_values
+        self._seen: set[str] = set()
+        self.overflow = 0
+
+    def label(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.max_values:
+            self.overflow += 1
+            return AE_OVERFLOW
+        self._seen.add(value)
+        return value
+
+
 class MetricStore:
     """Values of every family, keyed by label-value tuples. Additive, so snapshots merge by sum."""
 
@@ -245,6 +286,8 @@ class MetricStore:
                     else:
                         h[0] = [a + b for a, b in zip(h[0], v[0])]
                         h[1] += v[1]
+                elif fam.merge == "max":
+                    mine[labels] = max(mine.get(labels, v), v)
                 else:
                     mine[labels] = mine.get(labels, 0) + v
 
@@ -377,6 +420,56 @@ class AssociationMetrics:
         """Copy the labeler's counters into the store (they are cumulative)."""
         self.store.set("dicom_probe_ae_titles_invalid_total", (), self.labeler.invalid)
         self.store.set("dicom_probe_ae_title_overflow_total", (), self.labeler.overflow)
+
+
+class TlsMetrics:
+    """Sink: TLS observer notifications (:mod:`probe.tls`) to metric updates."""
+
+    def __init__(self, store: MetricStore, sites: SiteMap | None = None, max_values: int = 500):
+        self.store = store
+        self.sites = sites or SiteMap()
+        self.servers = BoundedLabels(max_values)
+        self.subjects = BoundedLabels(max_values)
+
+    def _labels(self, r) -> tuple[str, str]:
+        return self.sites.site_of(r.client), self.servers.label(r.server)
+
+    def handle(self, n) -> None:
+        s = self.store
+        t = type(n)
+        if t is T.TlsEstablished:
+            r = n.record
+            site, server = self._labels(r)
+            s.inc("dicom_tls_connections_total", (site, server))
+            s.inc("dicom_tls_handshakes_total", (site, server, r.version or "unknown"))
+            if r.established_ts is not None and r.start_ts is not None:
+                s.observe("dicom_tls_handshake_seconds", (server,), max(0.0, r.established_ts - r.start_ts))
+            self._certificates(r, server)
+        elif t is T.TlsEnded:
+            r = n.record
+            if r.outcome == "established":
+                return  # counted when it completed
+            site, server = self._labels(r)
+            s.inc("dicom_tls_connections_total", (site, server))
+            if r.outcome == "failed":
+                s.inc("dicom_tls_handshake_failures_total",
+                      (site, server, r.failure or "unknown", r.failure_sent_by or "unknown"))
+            else:
+                s.inc("dicom_tls_incomplete_total", (site, server))
+            self._certificates(r, server)
+        elif t is T.TlsError:
+            s.inc("dicom_probe_tls_errors_total", (n.kind,))
+
+    def _certificates(self, r, server: str) -> None:
+        for role, cert in (("server", r.server_cert), ("client", r.client_cert)):
+            if cert is not None:
+                subject = self.subjects.label(cert.subject_cn or cert.subject_o or "(none)")
+                issuer = self.subjects.label(cert.issuer_cn or cert.issuer_o or "(none)")
+                self.store.set("dicom_tls_certificate_not_after_timestamp_seconds", (server, role, subject, issuer),
+                               cert.not_after)
+
+    def sync_label_counters(self) -> None:
+        self.store.set("dicom_probe_tls_label_overflow_total", (), self.servers.overflow + self.subjects.overflow)
 
 
 if __name__ == "__main__":

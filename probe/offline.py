@@ -20,7 +20,7 @@ def open_sources(paths: Iterable[str], ports: Iterable[int]) -> list[FileSource]
 
 def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Iterable[int] = (),
         on_association: Callable | None = None, tick: Callable[[Pipeline], None] | None = None,
-        labeler: AeLabeler | None = None) -> Pipeline:
+        labeler: AeLabeler | None = None, on_tls: Callable | None = None) -> Pipeline:
     """Feed every frame of ``sources`` (merged by timestamp) through a new Pipeline and finish it.
 
     Read errors (e.g. a truncated file) stop that file; they are left in ``source.error``.
@@ -30,6 +30,7 @@ def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Itera
     labeler = labeler or AeLabeler(cfg.max_ae_titles, cfg.ae_aliases)
     pipe = Pipeline(cfg.flow_settings(extra_ports), labeler, on_association, sites=SiteMap(cfg.sites))
     pipe.evidence = cfg.evidence_writer()
+    pipe.on_tls = on_tls
     if len(sources) == 1:
         src = sources[0]
         src.dispatch_all(partial(pipe.packet, pipe.decoder(src.linktype)), tick and (lambda: tick(pipe)))
@@ -49,5 +50,4 @@ def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Itera
 def analyze_files(paths: Iterable[str], ports: Iterable[int] = (), cfg: Config | None = None,
                   on_association: Callable | None = None) -> Pipeline:
     cfg = cfg or load(None)
-    ports = sorted(set(cfg.ports) | set(ports))
-    return run(open_sources(paths, ports), cfg, ports, on_association)
+    return run(open_sources(paths, cfg.capture_ports(ports)), cfg, ports, on_association)

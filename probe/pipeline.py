@@ -17,7 +17,8 @@ from .dicom import dimse as D
 from .evidence import EvidenceWriter
 from .dicom import pdu as P
 from .flows import FlowSettings, FlowTable
-from .metrics import AeLabeler, AssociationMetrics, MetricStore
+from .metrics import AeLabeler, AssociationMetrics, MetricStore, TlsMetrics
+from . import tls as T
 from .sites import SiteMap
 
 # From the ethertype: ethertype, IPv4 version/IHL, total length, flags/fragment offset, protocol,
@@ -30,6 +31,7 @@ _NOTIFICATIONS = frozenset((
     A.AssociationAborted, A.ReleaseCompleted, A.ClosedWithoutRelease, A.NoResponse, A.ProtocolViolation,
     C.PDataBytes, D.DimseRequest, D.DimseResponse, D.SubOperations, D.Unanswered, D.DimseError,
 ))
+_TLS_NOTIFICATIONS = frozenset((T.TlsEstablished, T.TlsEnded, T.TlsError))
 
 
 class Pipeline:
@@ -39,6 +41,9 @@ class Pipeline:
         self.store = MetricStore()
         self.labeler = labeler or AeLabeler()
         self.metrics = AssociationMetrics(self.store, self.labeler, sites)
+        self.tls_metrics = TlsMetrics(self.store, sites, self.labeler.max_titles)
+        # Called with each finished TLS connection's probe.tls.TlsRecord (event log, reports).
+        self.on_tls: Callable[[T.TlsRecord], None] | None = None
         self.flows = FlowTable(settings)
         self.on_association = on_association
         self.interface = interface
@@ -114,6 +119,8 @@ class Pipeline:
         if hit is None:
             return
         conn = hit[0]
+        if conn.__class__ is not C.Connection:
+            return  # TLS: the handshake is not DICOM evidence
         frames = conn.evidence
         if frames is None:
             frames = conn.evidence = []
@@ -174,6 +181,7 @@ class Pipeline:
             for why, n in self.evidence.suppressed.items():
                 s.set("dicom_probe_evidence_suppressed_total", (why,), n)
         self.metrics.sync_label_counters()
+        self.tls_metrics.sync_label_counters()
 
     def _handle(self, out: list) -> None:
         s = self.store
@@ -185,6 +193,10 @@ class Pipeline:
                     self.associations += 1
                     if self.on_association is not None:
                         self.on_association(n.association)
+            elif cls in _TLS_NOTIFICATIONS:
+                self.tls_metrics.handle(n)
+                if cls is T.TlsEnded and self.on_tls is not None:
+                    self.on_tls(n.record)
             elif cls is C.StreamGap:
                 s.inc("dicom_probe_stream_gaps_total")
                 s.inc("dicom_probe_stream_gap_bytes_total", (), n.nbytes)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 
 from .dicom import association as A
 from .dicom import codes
 from .metrics import AeLabeler, MetricStore
+from .sites import SiteMap
 
 
 def _ae(raw: bytes | None) -> str | None:
@@ -111,6 +113,48 @@ def _operation_summary(st) -> dict:
     return out
 
 
+def _cert(c) -> dict | None:
+    if c is None:
+        return None
+    return {"subject_cn": c.subject_cn, "subject_o": c.subject_o, "issuer_cn": c.issuer_cn, "issuer_o": c.issuer_o,
+            "not_after": c.not_after,
+            "not_after_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c.not_after))}
+
+
+def tls_record(r, sites: SiteMap | None = None) -> dict:
+    """The event-log record of one connection on a TLS port (probe.tls.TlsRecord). Handshake facts
+    only: no key material, no certificate beyond subject, issuer and expiry."""
+    rec: dict = {
+        "event": "tls-connection",
+        "client": r.client,
+        "server": r.server,
+        "site": (sites or SiteMap()).site_of(r.client),
+        "start": r.start_ts,
+        "end": r.end_ts,
+        "outcome": r.outcome,
+        "offered_versions": list(r.offered_versions),
+        "sni": r.sni,
+        "cipher_suites_offered": r.cipher_suites_offered,
+        "version": r.version,
+        "cipher": r.cipher,
+    }
+    if r.resumed:
+        rec["resumed"] = True
+    if r.established_ts is not None and r.start_ts is not None:
+        rec["handshake_seconds"] = round(r.established_ts - r.start_ts, 6)
+    if r.failure is not None:
+        rec["failure"] = {"reason": r.failure, "sent_by": r.failure_sent_by}
+    if r.alert is not None:
+        rec["alert"] = {"description": r.alert, "level": r.alert_level, "sent_by": r.alert_sent_by}
+    for role in ("server", "client"):
+        cert = _cert(getattr(r, f"{role}_cert"))
+        if cert is not None:
+            rec[f"{role}_certificate"] = cert
+    if r.app_bytes[0] or r.app_bytes[1]:
+        rec["application_bytes"] = {"to_server": r.app_bytes[0], "to_client": r.app_bytes[1]}
+    return rec
+
+
 def record_json(rec: dict) -> str:
     return json.dumps(rec, separators=(",", ":"), ensure_ascii=True)
 
@@ -186,9 +230,60 @@ def render_table(store: MetricStore, times: "ResponseTimes | None" = None) -> st
     if ops:
         lines.append("")
         lines += _grid(DIMSE_COLUMNS, ops, {"requests", "failed", "p50_ms", "p95_ms"})
+    tls = tls_rows(store)
+    if tls:
+        lines.append("")
+        lines += _grid(TLS_COLUMNS, tls, {"connections", "completed", "failed", "incomplete"})
     lines.append("")
     lines.extend(health_lines(store))
     return "\n".join(lines) + "\n"
+
+
+def tls_rows(store: MetricStore) -> list[dict]:
+    """One row per TLS server (address:port), from the metric store; failing servers first."""
+    v = store.values
+    rows: dict[str, dict] = {}
+
+    def row(server):
+        r = rows.get(server)
+        if r is None:
+            r = rows[server] = {"server": server, "connections": 0, "completed": 0, "failed": 0, "incomplete": 0,
+                                "versions": {}, "failures": {}, "expiry": None}
+        return r
+
+    for (_site, server), n in v["dicom_tls_connections_total"].items():
+        row(server)["connections"] += n
+    for (_site, server, version), n in v["dicom_tls_handshakes_total"].items():
+        r = row(server)
+        r["completed"] += n
+        r["versions"][version] = r["versions"].get(version, 0) + n
+    for (_site, server, alert, sent_by), n in v["dicom_tls_handshake_failures_total"].items():
+        r = row(server)
+        r["failed"] += n
+        key = f"{alert} ({sent_by})"
+        r["failures"][key] = r["failures"].get(key, 0) + n
+    for (_site, server), n in v["dicom_tls_incomplete_total"].items():
+        row(server)["incomplete"] += n
+    for (server, role, _subject, _issuer), not_after in v["dicom_tls_certificate_not_after_timestamp_seconds"].items():
+        if role == "server":
+            r = row(server)
+            r["expiry"] = not_after if r["expiry"] is None else min(r["expiry"], not_after)
+    out = []
+    for r in rows.values():
+        r["version_list"] = " ".join(f"{k}x{int(n)}" for k, n in sorted(r["versions"].items())) or "-"
+        top = sorted(r["failures"].items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+        r["top_failure"] = ", ".join(f"{k} x{int(n)}" for k, n in top) or "-"
+        r["cert_expiry"] = "-" if r["expiry"] is None else time.strftime("%Y-%m-%d", time.gmtime(r["expiry"]))
+        out.append(r)
+    out.sort(key=lambda r: (-r["failed"], -r["connections"], r["server"]))
+    return out
+
+
+TLS_COLUMNS = (
+    ("TLS SERVER", "server"), ("CONNECTIONS", "connections"), ("COMPLETED", "completed"), ("FAILED", "failed"),
+    ("INCOMPLETE", "incomplete"), ("TOP FAILURE (SENT BY)", "top_failure"), ("VERSIONS", "version_list"),
+    ("SERVER CERT EXPIRES", "cert_expiry"),
+)
 
 
 class ResponseTimes:
@@ -281,4 +376,7 @@ def health_lines(store: MetricStore) -> list[str]:
     overflow = int(store.get("dicom_probe_ae_title_overflow_total"))
     if invalid or overflow:
         lines.append(f"  AE titles with invalid characters {invalid}, folded into (overflow) {overflow}")
+    tls_errors = v["dicom_probe_tls_errors_total"]
+    if tls_errors:
+        lines.append("  TLS parse errors " + ", ".join(f"{k[0]} {int(n)}" for k, n in sorted(tls_errors.items())))
     return lines

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 
-from . import privileges
+from . import privileges, tlscert
 from .config import Config, ConfigError, load
 from .daemon import Supervisor
 from .eventlog import EventLog
@@ -55,6 +55,8 @@ class Service:
         except OSError as e:
             log(f"event_log.destination: {e}")
             return 2
+        if self.cfg.tls_ports:
+            tlscert.preload()  # before workers fork and drop privileges (site-packages may be unreadable then)
         self.supervisor.start()  # fork before any thread exists
         http_cfg = self.cfg.raw["http"]
         self.http = MetricsServer(self.listen, self.supervisor.render, self.supervisor.health, self._status_page,
@@ -136,7 +138,7 @@ class Service:
     def _flush_events(self) -> None:
         sup = self.supervisor
         with self._recent_lock:  # the status page lists the latest rejected and aborted associations
-            self._recent.extend(r for r in sup.records if r.get("outcome") in ("rejected", "aborted"))
+            self._recent.extend(r for r in sup.records if r.get("outcome") in ("rejected", "aborted", "failed"))
         batch = sup.events + sup.records
         sup.events, sup.records = [], []
         for note in sup.notes:

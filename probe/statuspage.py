@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from . import __version__
 from .metrics import MetricStore
-from .report import ResponseTimes, dimse_rows, pair_rows
+from .report import ResponseTimes, dimse_rows, pair_rows, tls_rows
 
 RECENT_MAX = 50          # failed associations listed on the status page
 REPORT_FAILED_MAX = 200  # failed associations listed in the report
@@ -591,6 +591,54 @@ def _failed_section(records: list[dict], limit: int, newest_first: bool) -> str:
     return _table(head, body, "failed") + note
 
 
+TLS_EVENT = "tls-connection"
+
+
+def _split(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(association records, TLS connection records)."""
+    assoc, tls = [], []
+    for r in records:
+        (tls if r.get("event") == TLS_EVENT else assoc).append(r)
+    return assoc, tls
+
+
+def _tls_section(store: MetricStore, records: list[dict], limit: int, newest_first: bool) -> str:
+    """DICOM over TLS: per server counts from the store, then the failed handshakes (records)."""
+    rows = tls_rows(store)
+    if not rows:
+        return ""
+    head = [("Server", False), ("Connections", True), ("Completed", True), ("Failed", True), ("Incomplete", True),
+            ("Top failure (sent by)", False), ("Versions", False), ("Server certificate expires", False)]
+    body = []
+    for r in rows:
+        body.append(f'<tr class="{"bad" if r["failed"] else ""}">' + "".join([
+            _td(_e(r["server"]), "nowrap"), _td(_num(r["connections"]), "num"), _td(_num(r["completed"]), "num"),
+            _td(_num(r["failed"]), "num hot" if r["failed"] else "num"), _td(_num(r["incomplete"]), "num"),
+            _td(_e(r["top_failure"]), "txt hot" if r["failed"] else "txt"), _td(_e(r["version_list"]), "txt"),
+            _td(_e(r["cert_expiry"]), "nowrap"),
+        ]) + "</tr>")
+    out = "<h2>DICOM over TLS</h2>\n" + _table(head, body, "tls")
+    failed = [r for r in records if r.get("outcome") == "failed"]
+    failed.sort(key=lambda r: r.get("start") or 0, reverse=newest_first)
+    if failed:
+        head = [("Time (UTC)", False), ("Client", False), ("Server", False), ("Site", False), ("SNI", False),
+                ("Offered", False), ("Failure", False), ("Sent by", False), ("Server certificate", False)]
+        body = []
+        for r in failed[:limit]:
+            f = r.get("failure") or {}
+            cert = r.get("server_certificate") or {}
+            cert_txt = f"{cert.get('subject_cn', '')} (issuer {cert.get('issuer_cn', '')}, expires " \
+                       f"{cert.get('not_after_utc', '')})" if cert else "-"
+            body.append('<tr class="bad">' + "".join([
+                _td(_iso(r.get("start")), "nowrap"), _td(_e(r.get("client")), "nowrap"),
+                _td(_e(r.get("server")), "nowrap"), _td(_e(r.get("site")), "txt"), _td(_e(r.get("sni") or "-"), "txt"),
+                _td(_e(" ".join(r.get("offered_versions") or []) or "-"), "txt"),
+                _td(_e(f.get("reason")), "hot"), _td(_e(f.get("sent_by") or "-"), "txt"), _td(_e(cert_txt), "wrap"),
+            ]) + "</tr>")
+        out += "<h3>Failed TLS handshakes</h3>\n" + _table(head, body, "tls-failed")
+    return out
+
+
 def _kv(items: list[tuple[str, str, str]]) -> str:
     """(label, value HTML, level) cards."""
     cards = []
@@ -758,7 +806,7 @@ def render_status(store: MetricStore, recent: list[dict], health: dict, *, now: 
     ``{(calling, called[, site]): [(time, requests, rejects), ...]}`` with *cumulative* counter values
     sampled over time; each pair gets a sparkline of the increases between samples.
     """
-    recent = [r for r in (recent or []) if isinstance(r, dict)]
+    recent, recent_tls = _split([r for r in (recent or []) if isinstance(r, dict)])
     rows = site_pair_rows(store)
     cards, ok = _daemon_health(store, health)
     status = ('<span class="badge ok">probe healthy</span>' if ok else '<span class="badge bad">probe unhealthy</span>')
@@ -769,6 +817,7 @@ def render_status(store: MetricStore, recent: list[dict], health: dict, *, now: 
             + "<h2>Sites</h2>\n" + _site_section(rows)
             + "<h2>Recent rejected and aborted associations</h2>\n"
             + _failed_section(recent, RECENT_MAX, newest_first=True)
+            + _tls_section(store, recent_tls, RECENT_MAX, newest_first=True)
             + "<h2>Probe health</h2>\n" + _kv(cards + _store_health(store)))
     return _page("dicom-probe", body, refresh=10)
 
@@ -782,7 +831,7 @@ def render_report(store: MetricStore, records: list[dict], *, title: str, source
     ``records``: every association record of the capture (:func:`probe.report.association_record`).
     ``times``: optional :class:`probe.report.ResponseTimes` for the DIMSE table's p50/p95 columns.
     """
-    records = [r for r in (records or []) if isinstance(r, dict)]
+    records, tls_records = _split([r for r in (records or []) if isinstance(r, dict)])
     rows = site_pair_rows(store)
     starts = [t for r in records if (t := _rec_time(r)) is not None]
     ends = [r["end"] for r in records if isinstance(r.get("end"), (int, float)) and math.isfinite(r["end"])]
@@ -812,5 +861,6 @@ def render_report(store: MetricStore, records: list[dict], *, title: str, source
             + "<h2>DIMSE operations</h2>\n" + _dimse_section(store, times)
             + "<h2>Rejected and aborted associations</h2>\n"
             + _failed_section(records, REPORT_FAILED_MAX, newest_first=False)
+            + _tls_section(store, tls_records, REPORT_FAILED_MAX, newest_first=False)
             + "<h2>Probe health</h2>\n" + _kv(_store_health(store)))
     return _page(title, body)

@@ -16,7 +16,7 @@ from probe.metrics import FAMILIES, HISTOGRAM
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "grafana-dashboards"
-NAMES = ("dicom-overview.json", "dicom-ae-pair.json", "dicom-dimse.json", "dicom-probe-health.json")
+NAMES = ("dicom-overview.json", "dicom-ae-pair.json", "dicom-dimse.json", "dicom-probe-health.json", "dicom-tls.json")
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 
 # Series that are not the probe's own families but that the dashboards may read.
@@ -148,7 +148,9 @@ def test_no_hard_coded_datasource_uid(dash):
 def test_template_variables(dash):
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert {"datasource", "job", "instance"} <= set(variables)
-    if dash["uid"] != "dicom-probe-health":
+    if dash["uid"] == "dicom-tls":
+        assert {"site", "server"} <= set(variables)
+    elif dash["uid"] != "dicom-probe-health":
         assert {"site", "calling_ae", "called_ae"} <= set(variables)
     if dash["uid"] == "dicom-dimse":
         assert "command" in variables
@@ -199,6 +201,11 @@ def test_dashboards_cover_the_requested_views():
                    "dicom_probe_flows_active", "dicom_probe_flows_evicted_total", "dicom_probe_ae_title_overflow_total",
                    "dicom_probe_worker_restarts_total", "dicom_probe_workers_alive", "up{"):
         assert needle in health, needle
+    tls = exprs["dicom-tls.json"]
+    for needle in ("dicom_tls_connections_total", "by (alert, sent_by)", "by (version)",
+                   "dicom_tls_certificate_not_after_timestamp_seconds", "- time()", "dicom_tls_handshake_seconds_bucket",
+                   'version=~"SSLv3|TLSv1.0|TLSv1.1"'):
+        assert needle in tls, needle
 
 
 def test_heatmaps_read_buckets_in_heatmap_format():
