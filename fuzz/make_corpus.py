@@ -13,7 +13,8 @@ MAX_INPUT = 64 * 1024  # keep seeds small: the fuzzer mutates them
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for pcap in sorted((ROOT / "tests" / "fixtures" / "captures").glob("*.pcap")):
+    captures = ROOT / "tests" / "fixtures" / "captures"
+    for pcap in sorted(captures.glob("*.pcap")) + sorted(captures.glob("tls/*.pcap")):
         with open(pcap, "rb") as f:
             reader = dpkt.pcap.Reader(f)
             if reader.datalink() != dpkt.pcap.DLT_EN10MB:

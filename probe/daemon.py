@@ -37,7 +37,7 @@ from .config import Config
 from .decode import DLT_EN10MB
 from .metrics import AE_EMPTY, AE_NOT_SEEN, AE_OVERFLOW, FAMILIES, AeLabeler, MetricStore
 from .pipeline import Pipeline
-from .report import ResponseTimes, association_record
+from .report import ResponseTimes, association_record, tls_record
 from .sites import SiteMap
 
 SNAPSHOT_INTERVAL = 1.0

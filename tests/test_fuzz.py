@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "fuzz"))
 
 from probe.decode import DLT_EN10MB  # noqa: E402
 from probe.pipeline import Pipeline  # noqa: E402
-from probe.report import association_json  # noqa: E402
+from probe.report import association_json, record_json, tls_record  # noqa: E402
 
 CAPTURES = Path(__file__).parent / "fixtures" / "captures"
 
@@ -34,12 +34,15 @@ def _frames(name: str) -> list[bytes]:
 SEEDS = {name: _frames(name) for name in (
     "seed_incident.pcap", "store_dcmtk_veth.pcap", "dimse_get.pcap", "dimse_ncommit.pcap", "abort.pcap",
     "transient_reject.pcap", "vlan_dcmtk.pcap",
+    # DICOM over TLS (port 2762): handshakes, certificates, alerts, plain DICOM on the TLS port.
+    "tls/tls_mixed.pcap", "tls/tls12_dcmtk_echo.pcap", "tls/tls_expired.pcap", "tls/tls_plain_to_tls.pcap",
 )}
 
 
 def run(frames: list[bytes]) -> Pipeline:
     records = []
     pipe = Pipeline(on_association=lambda a: records.append(association_json(a)))
+    pipe.on_tls = lambda r: records.append(record_json(tls_record(r)))
     dec = pipe.decoder(DLT_EN10MB)
     ts = 1_000_000.0
     for frame in frames:

@@ -52,7 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CAPTURES = ROOT / "tests" / "fixtures" / "captures"
 DASHBOARD_DIR = ROOT / "grafana-dashboards"
 RULES = ROOT / "deploy" / "prometheus" / "dicom-probe.rules.yml"
-DASHBOARDS = ("dicom-overview.json", "dicom-ae-pair.json", "dicom-dimse.json", "dicom-probe-health.json")
+DASHBOARDS = ("dicom-overview.json", "dicom-ae-pair.json", "dicom-dimse.json", "dicom-probe-health.json",
+              "dicom-tls.json")
 
 PROMETHEUS = shutil.which("prometheus")
 PROBE = shutil.which("dicom-probe")
@@ -69,6 +70,10 @@ SEED = "seed_incident.pcap"
 EXTRAS = ("reject_called_dcmqrscp.pcap", "abort.pcap", "all_contexts_rejected.pcap", "no_response.pcap",
           "killed_storescu.pcap", "killed_storescu_storescp.pcap", "dimse_store_mixed.pcap", "dimse_move.pcap",
           "dimse_cancel.pcap")
+# DICOM over TLS (port 2762, in the default tls_ports): handshakes that complete with TLS 1.2/1.3 and
+# 1.1 (deprecated), fail with clear alerts (unknown_ca, protocol_version, handshake_failure), and
+# certificates in clear; tls_mixed also holds one plain C-ECHO on port 104.
+TLS_EXTRAS = ("tls/tls_mixed.pcap", "tls/tls_deprecated_server.pcap")
 GAP = 0.3  # seconds between one replayed capture's last packet and the next one's first
 
 PROBE_CONFIG = {
@@ -103,6 +108,9 @@ EMPTY_ON_REPLAY = {
     ("dicom-probe-health.json", "DIMSE decode errors/s by kind"),
     ("dicom-probe-health.json", "Protocol violations/s by kind"),
     ("dicom-dimse.json", "Failed sub-operations/s by AE pair"),
+    # The one TLS 1.1 handshake is its series' only increment: rate() never sees it rise (and
+    # the ratio has no denominator once the other versions' rates fall back to 0).
+    ("dicom-tls.json", "Deprecated versions"),
 }
 # Recording rules that stay empty on a replay (no drop counters).
 RECORDS_EMPTY_ON_REPLAY = {"instance_interface:dicom_probe_dropped_frames:rate5m",
@@ -245,7 +253,7 @@ def truth_counts(names) -> Counter:
     counts: Counter = Counter()
     for name in names:
         truth = json.loads((CAPTURES / name).with_suffix(".truth.json").read_text())
-        for a in truth["associations"]:
+        for a in truth.get("associations", truth.get("dicom", [])):  # TLS captures: their plain associations
             counts[(a["calling_ae"], a["called_ae"])] += 1
     return counts
 
@@ -274,11 +282,12 @@ def live(tmp_path_factory):
     replayed = [SEED, *EXTRAS]
     files = [str(CAPTURES / SEED)]
     end = _last_ts(CAPTURES / SEED)
-    for name in EXTRAS:
-        end = shift_pcap(CAPTURES / name, tmp / name, end + GAP)
-        files.append(str(tmp / name))
+    for name in EXTRAS + TLS_EXTRAS:
+        out = tmp / Path(name).name
+        end = shift_pcap(CAPTURES / name, out, end + GAP)
+        files.append(str(out))
     ports = sorted({p for n in replayed
-                    for p in json.loads((CAPTURES / n).with_suffix(".truth.json").read_text())["server_ports"]})
+                    for p in json.loads((CAPTURES / n).with_suffix(".truth.json").read_text())["server_ports"]} | {104})
     config = {**PROBE_CONFIG, "ports": ports}
     (tmp / "probe.yaml").write_text(yaml.safe_dump(config))
 
@@ -329,7 +338,7 @@ def live(tmp_path_factory):
         timings["replay_done"] = time.monotonic() - t0
 
         # Prometheus has the final counts (then a few more scrapes and rule evaluations).
-        want = truth_counts(replayed)
+        want = truth_counts(replayed + list(TLS_EXTRAS))
 
         def scraped_final():
             got = Counter()
@@ -402,7 +411,9 @@ def test_template_variables_resolve(live, name):
                                         start=f"{live.started - 5:.3f}", end=f"{time.time():.3f}"))
         assert found[v["name"]], f"{v['name']}: {v['definition']} found nothing"
     assert found["job"] == {"dicom-probe"}
-    if "site" in found:
+    if "server" in found:  # dicom-tls: the TLS clients are all 198.18.0.2 (site other)
+        assert found["server"] == {"198.18.0.1:2762"} and found["site"] == {"other"}
+    elif "site" in found:
         assert {"remote-hospital", "other"} <= found["site"]
         assert {"CT_REMOTE1", "CT_REMOTE2", "CT_LOCAL"} <= found["calling_ae"]
         assert "PACS_MAIN" in found["called_ae"]
