@@ -25,11 +25,11 @@ class StreamGap:
 
 @dataclass(frozen=True, slots=True)
 class PDataBytes:
-    """A P-DATA-TF PDU (header included) of an association, and which way it went."""
+    """An association's first P-DATA-TF PDU. Its P-DATA bytes are then counted in
+    ``association.pdata_bytes`` (no notification per PDU: there are many); the metrics layer
+    publishes them when it syncs and when the association ends."""
 
     association: object
-    to_acceptor: bool
-    nbytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +214,10 @@ class Connection(TcpConnection):
                     machine.pdu(ev, from_client, out)
                     a = machine.current
                     if a is not None and a.outcome is None:
-                        to_acceptor = from_client == a.requestor_is_client
-                        a.pdata_bytes[0 if to_acceptor else 1] += ev.length + 6
-                        out.append(PDataBytes(a, to_acceptor, ev.length + 6))
+                        counts = a.pdata_bytes
+                        if not counts[0] and not counts[1]:
+                            out.append(PDataBytes(a))
+                        counts[0 if from_client == a.requestor_is_client else 1] += ev.length + 6
                 elif isinstance(ev, _CONTROL_EVENTS):
                     machine.pdu(ev, from_client, out)
                 else:

@@ -329,6 +329,7 @@ class AssociationMetrics:
         self.sites = sites or SiteMap()
         # (AE label, "calling"/"called") -> packet time of the first association that carried it.
         self.first_seen: dict[tuple[str, str], float] = {}
+        self._pdata: dict[int, A.Association] = {}  # open associations that carried P-DATA (see PDataBytes)
         store.set("dicom_probe_build_info", (__version__,), 1)
         store.set("dicom_associations_active", (), 0)
         for name in ("dicom_probe_stream_gaps_total", "dicom_probe_stream_gap_bytes_total", "dicom_probe_resyncs_total"):
@@ -359,6 +360,9 @@ class AssociationMetrics:
             s.inc("dicom_associations_active")
         elif t is A.AssociationEnded:
             s.inc("dicom_associations_active", (), -1)
+            a = self._pdata.pop(id(n.association), None)
+            if a is not None:
+                self._publish_pdata(a)
         elif t is A.AssociationRequested:
             s.inc("dicom_association_requests_total", self._pair(n.association))
         elif t is A.AssociationAccepted:
@@ -394,8 +398,7 @@ class AssociationMetrics:
         elif t is A.ProtocolViolation:
             s.inc("dicom_probe_protocol_violations_total", (n.kind,))
         elif t is C.PDataBytes:
-            s.inc("dicom_pdata_bytes_total", self._pair(n.association) + ("to_server" if n.to_acceptor else "to_client",),
-                  n.nbytes)
+            self._pdata[id(n.association)] = n.association
         elif t is D.DimseRequest:
             s.inc("dicom_dimse_requests_total", self._pair(n.association) + (n.command,))
         elif t is D.DimseResponse:
@@ -415,6 +418,22 @@ class AssociationMetrics:
             s.inc("dicom_dimse_unanswered_total", self._pair(n.association) + (n.command,))
         elif t is D.DimseError:
             s.inc("dicom_probe_dimse_errors_total", (n.kind,))
+
+    def _publish_pdata(self, a: A.Association) -> None:
+        done = a.pdata_published
+        now = a.pdata_bytes
+        if now[0] != done[0] or now[1] != done[1]:
+            pair = self._pair(a)
+            if now[0] != done[0]:
+                self.store.inc("dicom_pdata_bytes_total", pair + ("to_server",), now[0] - done[0])
+            if now[1] != done[1]:
+                self.store.inc("dicom_pdata_bytes_total", pair + ("to_client",), now[1] - done[1])
+            a.pdata_published = (now[0], now[1])
+
+    def sync_pdata(self) -> None:
+        """Count the P-DATA bytes of the open associations seen since the last call."""
+        for a in self._pdata.values():
+            self._publish_pdata(a)
 
     def sync_label_counters(self) -> None:
         """Copy the labeler's counters into the store (they are cumulative)."""

@@ -180,6 +180,7 @@ class Pipeline:
         if self.evidence is not None:
             for why, n in self.evidence.suppressed.items():
                 s.set("dicom_probe_evidence_suppressed_total", (why,), n)
+        self.metrics.sync_pdata()
         self.metrics.sync_label_counters()
         self.tls_metrics.sync_label_counters()
 

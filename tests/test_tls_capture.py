@@ -269,3 +269,37 @@ def test_label_values_are_capped():
     assert len(servers) == 11 and "(overflow)" in servers
     assert store.get("dicom_probe_tls_label_overflow_total") == 990
     assert sum(store.values["dicom_tls_connections_total"].values()) == 1000
+
+
+def test_daemon_writes_one_event_record_per_tls_connection(tmp_path):
+    """`dicom-probe run --read` (the daemon, 2 workers): the event log holds one tls-connection record
+    per connection, next to the plain association's record, and /metrics-equivalent counters agree."""
+    events = tmp_path / "events.jsonl"
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"event_log: {{destination: {events}}}\nworkers: 2\nhttp: {{listen: '127.0.0.1:0'}}\n"
+                   "sites: {remote-site: [198.18.0.2/32]}\n")
+    subprocess.run(["dicom-probe", "run", "--config", str(cfg), "--read", str(TLS_DIR / "tls_mixed.pcap"),
+                    "--exit-when-done"], check=True, capture_output=True, timeout=60)
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    tls_lines = [x for x in lines if x.get("event") == "tls-connection"]
+    truth = truth_of(TLS_DIR / "tls_mixed.truth.json")
+    assert len(tls_lines) == len(truth["connections"])
+    assert sorted((x["outcome"], (x.get("failure") or {}).get("reason")) for x in tls_lines) == sorted(
+        (c["outcome"], expected_failure(c)[0]) for c in truth["connections"])
+    assert all(x["site"] == "remote-site" for x in tls_lines)
+    assert [x.get("calling_ae") for x in lines if "calling_ae" in x] == ["PLAIN_ECHO_SCU"]
+
+
+def test_status_page_and_html_report_list_failed_handshakes():
+    from probe.statuspage import render_report, render_status
+
+    pipe, records, _ = analyze(TLS_DIR / "tls_mixed.pcap")
+    recs = [tls_record(r, SiteMap(SITES)) for r in records]
+    page = render_status(pipe.store, recs, {"workers": 1, "workers_alive": 1}, now=max(r.start_ts for r in records)).decode()
+    report = render_report(pipe.store, recs, title="t", sources=["tls_mixed.pcap"]).decode()
+    for html in (page, report):
+        assert "DICOM over TLS" in html and "198.18.0.1:2762" in html
+        assert "Failed TLS handshakes" in html
+        for reason in ("unknown_ca", "protocol_version", "handshake_failure"):
+            assert reason in html
+        assert "pacs.example.test" in html  # the server certificate's subject

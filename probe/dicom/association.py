@@ -175,6 +175,7 @@ class Association:
     site: str | None = None  # set by the metrics layer (deployment policy, not protocol)
     labels: tuple | None = None  # the metrics layer's label values; cleared when the titles change
     pdata_bytes: list = field(default_factory=lambda: [0, 0])  # P-DATA-TF bytes to the acceptor, to the requestor
+    pdata_published: tuple = (0, 0)  # ... of which the metrics layer has counted so far
 
 
 # Notifications: what the machine tells the sinks. Each carries the association it concerns.

@@ -543,6 +543,21 @@ class PduFramer:
                 if self._state == _RESYNC:
                     buf += data  # undecided tail, kept for the next feed
                     break
+            elif state == _PDV_HEADER and not buf and n - pos >= PDV_HEADER_LEN:
+                pos = self._pdv_at(data, pos, n, events, ts)  # read in place, not collected
+            elif state == _HEADER and not buf and n - pos >= 12 and data[pos] == codes.PDU_P_DATA_TF:
+                # A P-DATA-TF header and its first PDV header whole in this chunk (the usual case).
+                self._start_ts = ts
+                length = _PDU_HEADER_STRUCT.unpack_from(data, pos)[1]
+                if length < PDV_HEADER_LEN:
+                    buf += data[pos : pos + PDU_HEADER_LEN]  # malformed: the general path says so
+                    pos += PDU_HEADER_LEN
+                    self._on_header(events, ts)
+                    continue
+                self.pdus += 1
+                events.append(PDataTF(ts, length))
+                self._pdu_left = length
+                pos = self._pdv_at(data, pos + PDU_HEADER_LEN, n, events, ts)
             else:
                 # Collecting states: _HEADER, _CONTROL, _PDV_HEADER, _COMMAND.
                 if not buf and state == _HEADER:
@@ -647,32 +662,44 @@ class PduFramer:
             events.append(ProtocolError(ts, e.kind, self._pdu_type))
 
     def _on_pdv_header(self, events: list, ts: float) -> None:
-        pdv_len, context_id, control = _PDV_HEADER_STRUCT.unpack_from(self._buf, 0)
+        header = bytes(self._buf)
         self._buf.clear()
+        self._pdv_at(header, 0, PDV_HEADER_LEN, events, ts)
+
+    def _pdv_at(self, data, pos: int, n: int, events: list, ts: float) -> int:
+        """A whole PDV header at ``data[pos:]`` (``n`` = len(data)): enter the PDV; a command value
+        that is whole in ``data`` too is taken from there. Returns the position after what was used."""
+        pdv_len, context_id, control = _PDV_HEADER_STRUCT.unpack_from(data, pos)
+        pos += PDV_HEADER_LEN
         self._pdu_left -= PDV_HEADER_LEN
         value_len = pdv_len - 2
         if value_len < 0 or value_len > self._pdu_left:
             events.append(ProtocolError(ts, "bad-pdv-length", codes.PDU_P_DATA_TF))
             self._enter_skip()
-            return
+            return pos
         self._pdv_context = context_id
-        self._pdv_last = bool(control & 0x02)
+        self._pdv_last = last = bool(control & 0x02)
         if control & 0x01:
             if value_len > self._max_command:
                 events.append(ProtocolError(ts, "command-too-large", codes.PDU_P_DATA_TF))
                 self._state = _DATA  # skip it like data; it is counted as an error
                 self._pdv_left = value_len
+            elif value_len <= n - pos:
+                end = pos + value_len
+                events.append(CommandFragment(ts, context_id, last, bytes(data[pos:end])))
+                self._pdu_left -= value_len
+                self._end_pdv(events, ts)
+                return end
             else:
                 self._state = _COMMAND
                 self._need = value_len
+                return pos
         else:
             self._state = _DATA
             self._pdv_left = value_len
         if value_len == 0:
-            if self._state == _COMMAND:
-                self._on_command(events, ts)
-            else:
-                self._end_pdv(events, ts)
+            self._end_pdv(events, ts)
+        return pos
 
     def _on_command(self, events: list, ts: float) -> None:
         events.append(CommandFragment(ts, self._pdv_context, self._pdv_last, bytes(self._buf)))
