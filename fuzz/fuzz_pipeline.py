@@ -20,7 +20,7 @@ import atheris
 with atheris.instrument_imports():
     from probe.decode import DLT_EN10MB
     from probe.pipeline import Pipeline
-    from probe.report import association_json
+    from probe.report import association_json, record_json, tls_record
 
 
 def frames(data: bytes):
@@ -35,6 +35,7 @@ def frames(data: bytes):
 def run_one(data: bytes) -> None:
     records = []
     pipe = Pipeline(on_association=lambda a: records.append(association_json(a)))
+    pipe.on_tls = lambda r: records.append(record_json(tls_record(r)))  # DICOM over TLS (port 2762)
     dec = pipe.decoder(DLT_EN10MB)
     ts = 1_000_000.0
     for frame in frames(data):

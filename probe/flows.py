@@ -6,8 +6,11 @@ association machine corrects it if the other side turns out to send the A-ASSOCI
 
 Idle connections expire by packet time through a timing wheel (one bucket per second, a heap of
 bucket numbers): a connection is looked at once per idle-timeout period, never per packet.
-Closed connections linger briefly so that late retransmissions and final ACKs are not mistaken
-for new connections picked up mid-stream. When the table is full, a new connection evicts the oldest
+A connection seen only in its handshake (no byte of payload yet) is a small record (client and
+server, the initial sequence numbers, last activity; about 0.4 KiB against 2-3 KiB for a
+Connection) until its first payload: SYN floods and port scans cost little. Such records expire in
+order of last activity. Closed connections linger briefly so that late retransmissions and final
+ACKs are not mistaken for new connections picked up mid-stream. When the table is full, a new connection evicts the oldest
 one that never carried a byte (SYN floods, scans), then the oldest whose association was never
 answered, else the least recently active one: a flood cannot stop the probe from following new
 associations.
@@ -24,12 +27,25 @@ from dataclasses import dataclass
 from .connection import Connection, Limits
 from .tlscert import CertParser
 from .tlsflow import TlsConnection
-from .decode import TCP_ACK, TCP_SYN
+from .decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from .dicom.pdu import ItemCache
 from .stream import Budget
 
 
 _PORTS = struct.Struct(">HH")
+_MASK = 0xFFFFFFFF
+
+
+class _Handshake:
+    """A connection seen only in its handshake so far (SYN, SYN-ACK, ACK; no byte of payload): the
+    few facts a Connection will need, so that SYN floods and idle handshakes cost little memory."""
+
+    __slots__ = ("key", "isn", "last_ts")
+
+    def __init__(self, key: tuple, ts: float):
+        self.key = key  # (client address, client port, server address, server port)
+        self.isn: list = [None, None]  # initial sequence numbers: client's, server's
+        self.last_ts = ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +81,8 @@ class FlowTable:
         # Bucket -> connections due then. OrderedDicts throughout: O(1) removal of any entry and
         # O(1) access to the oldest (a plain dict walks its deleted slots when used as a queue).
         self._wheel: dict[int, OrderedDict[int, Connection]] = {}
-        self._handshake: OrderedDict[int, Connection] = OrderedDict()  # no payload yet, oldest first
+        # Connections without payload yet, by client->server 4-tuple, least recently active first.
+        self._handshakes: OrderedDict[tuple, _Handshake] = OrderedDict()
         self._unanswered: OrderedDict[int, Connection] = OrderedDict()  # payload, but no association answered
         self._heap: list[int] = []
         self.active = 0  # connections not yet closed
@@ -74,7 +91,7 @@ class FlowTable:
         self.retransmitted = 0
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._keys) + len(self._handshakes)
 
     def segment(self, seg: tuple, ts: float, out: list) -> None:
         src, dst, sport, dport, seq, ack, flags, payload = seg
@@ -87,19 +104,49 @@ class FlowTable:
                 else:
                     return
             else:
-                key = id(conn)
-                if payload and self._handshake.pop(key, None) is not None:
-                    self._unanswered[key] = conn
                 conn.segment(from_client, seq, ack, flags, payload, ts, out)
+                key = id(conn)
                 if key in self._unanswered and conn.answered:
                     del self._unanswered[key]
                 if conn.closed:
                     self._closed(conn, ts)
                 return
-        if not payload and not flags & TCP_SYN:
-            self.ignored_no_flow += 1
+        hs = self._handshakes
+        if hs:
+            pending = hs.get((src, sport, dst, dport))
+            from_client = pending is not None
+            if pending is None:
+                pending = hs.get((dst, dport, src, sport))
+            if pending is not None:
+                if not payload:
+                    self._handshake_segment(pending, from_client, seq, flags, ts)
+                    return
+                # The first payload: now it is a connection.
+                del hs[pending.key]
+                self.active -= 1
+                c_addr, c_port, s_addr, s_port = pending.key
+                conn = self._new(c_addr, c_port, s_addr, s_port, True, True, ts)
+                for d in (0, 1):
+                    if pending.isn[d] is not None:
+                        conn.streams[d].next_seq = (pending.isn[d] + 1) & _MASK
+                        conn.syn_seen[d] = True
+                conn.segment(from_client, seq, ack, flags, payload, ts, out)
+                if conn.closed:
+                    self._closed(conn, ts)
+                return
+        if not payload:
+            if not flags & TCP_SYN:
+                self.ignored_no_flow += 1
+                return
+            if len(self._keys) + len(hs) >= self.settings.max_flows:
+                self._evict_one(ts, out)
+            src_is_client = not flags & TCP_ACK  # a SYN, or a SYN-ACK (the client's SYN was not seen)
+            pending = _Handshake((src, sport, dst, dport) if src_is_client else (dst, dport, src, sport), ts)
+            pending.isn[0 if src_is_client else 1] = seq
+            hs[pending.key] = pending
+            self.active += 1
             return
-        if len(self._keys) >= self.settings.max_flows:
+        if len(self._keys) + len(hs) >= self.settings.max_flows:
             self._evict_one(ts, out)
         # Decide who is the client.
         if flags & TCP_SYN:
@@ -111,36 +158,63 @@ class FlowTable:
         else:
             src_is_client = sport >= dport  # both or neither configured: the ephemeral port is higher
         if src_is_client:
-            client, server = endpoint(src, sport), endpoint(dst, dport)
+            conn = self._new(src, sport, dst, dport, bool(flags & TCP_SYN), True, ts)
         else:
-            client, server = endpoint(dst, dport), endpoint(src, sport)
-        server_port = dport if src_is_client else sport
-        if server_port in self._tls_ports:
-            conn = TlsConnection(client, server, limits=self.settings.limits, budget=self.budget,
-                                 certs=self.cert_parser)
-        else:
-            conn = Connection(client, server, from_syn=bool(flags & TCP_SYN), limits=self.settings.limits,
-                              cache=self.item_cache, budget=self.budget)
-        fwd, rev = (src, sport, dst, dport), (dst, dport, src, sport)
-        self._table[fwd] = (conn, src_is_client)
-        self._table[rev] = (conn, not src_is_client)
-        if len(src) == 4:
-            d = 0 if src_is_client else 1
-            ports = _PORTS.pack
-            self.fast[bytes(src) + bytes(dst) + ports(sport, dport)] = (conn, d, conn.streams[d], conn.streams[1 - d])
-            self.fast[bytes(dst) + bytes(src) + ports(dport, sport)] = (conn, 1 - d, conn.streams[1 - d], conn.streams[d])
-        self._keys[id(conn)] = fwd
-        (self._unanswered if payload else self._handshake)[id(conn)] = conn
-        self.active += 1
-        self._schedule(conn, ts + self.settings.idle_timeout)
+            conn = self._new(dst, dport, src, sport, bool(flags & TCP_SYN), False, ts)
         conn.segment(src_is_client, seq, ack, flags, payload, ts, out)
         if conn.closed:
             self._closed(conn, ts)
+
+    def _new(self, c_addr, c_port: int, s_addr, s_port: int, from_syn: bool, fwd_is_client: bool,
+             ts: float) -> Connection:
+        """Track a new connection (client -> server given), keyed both ways; ``fwd_is_client``: the
+        packet at hand came from the client (its 4-tuple is the one remembered for removal)."""
+        client, server = endpoint(c_addr, c_port), endpoint(s_addr, s_port)
+        if s_port in self._tls_ports:
+            conn = TlsConnection(client, server, limits=self.settings.limits, budget=self.budget,
+                                 certs=self.cert_parser)
+        else:
+            conn = Connection(client, server, from_syn=from_syn, limits=self.settings.limits,
+                              cache=self.item_cache, budget=self.budget)
+        to_server, to_client = (c_addr, c_port, s_addr, s_port), (s_addr, s_port, c_addr, c_port)
+        self._table[to_server] = (conn, True)
+        self._table[to_client] = (conn, False)
+        if len(c_addr) == 4:
+            ports = _PORTS.pack
+            self.fast[bytes(c_addr) + bytes(s_addr) + ports(c_port, s_port)] = (conn, 0, conn.streams[0], conn.streams[1])
+            self.fast[bytes(s_addr) + bytes(c_addr) + ports(s_port, c_port)] = (conn, 1, conn.streams[1], conn.streams[0])
+        self._keys[id(conn)] = to_server if fwd_is_client else to_client
+        self._unanswered[id(conn)] = conn
+        self.active += 1
+        self._schedule(conn, ts + self.settings.idle_timeout)
+        return conn
+
+    def _handshake_segment(self, pending: _Handshake, from_client: bool, seq: int, flags: int, ts: float) -> None:
+        """A segment without payload of a connection still in its handshake."""
+        if flags & (TCP_FIN | TCP_RST):  # closed before any byte: nothing to report
+            del self._handshakes[pending.key]
+            self.active -= 1
+            self.evicted["closed"] = self.evicted.get("closed", 0) + 1
+            return
+        if flags & TCP_SYN:
+            d = 0 if from_client else 1
+            if pending.isn[d] is None:
+                pending.isn[d] = seq
+        pending.last_ts = ts
+        self._handshakes.move_to_end(pending.key)
 
     def expire(self, now: float, out: list) -> None:
         """Time out connections idle for longer than the idle timeout (by packet time)."""
         heap, wheel = self._heap, self._wheel
         idle, linger = self.settings.idle_timeout, self.settings.closed_linger
+        hs = self._handshakes
+        while hs:
+            pending = next(iter(hs.values()))  # the least recently active
+            if pending.last_ts + idle > now:
+                break
+            del hs[pending.key]
+            self.active -= 1
+            self.evicted["idle"] = self.evicted.get("idle", 0) + 1
         while heap and heap[0] <= now:
             bucket = heapq.heappop(heap)
             due = wheel.pop(bucket, None)
@@ -163,6 +237,10 @@ class FlowTable:
 
     def end(self, ts: float, out: list) -> None:
         """The capture ended: every open connection ends (outcome ``incomplete`` where undecided)."""
+        if self._handshakes:
+            self.evicted["capture-end"] = self.evicted.get("capture-end", 0) + len(self._handshakes)
+            self.active -= len(self._handshakes)
+            self._handshakes.clear()
         for key in list(self._keys.values()):
             conn = self._table[key][0]
             if not conn.closed:
@@ -183,10 +261,12 @@ class FlowTable:
         connection whose idle check comes first (roughly the least recently active).
         An evicted association ends ``incomplete``; evictions are counted by reason.
         """
-        if self._handshake:
-            conn = self._handshake.popitem(last=False)[1]
-            reason = "pressure-handshake"
-        elif self._unanswered:
+        if self._handshakes:
+            self._handshakes.popitem(last=False)
+            self.active -= 1
+            self.evicted["pressure-handshake"] = self.evicted.get("pressure-handshake", 0) + 1
+            return
+        if self._unanswered:
             conn = self._unanswered.popitem(last=False)[1]
             reason = "pressure-unanswered"
         else:
@@ -241,7 +321,6 @@ class FlowTable:
         if fwd is None:
             return
         self._unschedule(conn)  # no reference may outlive the connection's removal
-        self._handshake.pop(id(conn), None)
         self._unanswered.pop(id(conn), None)
         src, sport, dst, dport = fwd
         self._table.pop(fwd, None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
+_NONE_HELD: dict = {}  # every stream's out-of-order buffer until it holds something (never written to)
 
 
 class Budget:
@@ -38,7 +39,7 @@ class StreamReassembler:
     def __init__(self, max_buffer: int = 256 * 1024, budget: "Budget | None" = None):
         self.budget = budget  # out-of-order bytes shared by every stream of a flow table
         self.next_seq: int | None = None  # None until the first SYN or segment
-        self._ooo: dict[int, bytes] = {}
+        self._ooo: dict[int, bytes] = _NONE_HELD  # its own dict from the first segment held (memory per flow)
         self._ooo_bytes = 0
         self.max_buffer = max_buffer
         self.retransmitted = 0  # segments carrying only bytes already delivered
@@ -76,6 +77,8 @@ class StreamReassembler:
                 self._drain(out)
             return out
         # From the future: hold it.
+        if self._ooo is _NONE_HELD:
+            self._ooo = {}
         old = self._ooo.get(seq)
         if old is None or len(old) < n:
             self._ooo[seq] = payload

@@ -152,3 +152,43 @@ def test_small_out_of_order_buffer_declares_gaps():
     t.segment(seg(True, 101 + 20, 501, TCP_ACK, RQ[20:]), 1.0, out)  # the first 20 bytes never come
     gaps = [n for n in out if type(n).__name__ == "StreamGap"]
     assert gaps and gaps[0].nbytes == 20
+
+
+def test_handshake_only_flows_cost_under_1_kib_each():
+    """A connection without payload yet (a SYN flood, idle handshakes) is a small record, not a
+    Connection: measured with tracemalloc, everything the table allocates for it."""
+    import tracemalloc
+
+    from probe import stream
+
+    t, out = FlowTable(FlowSettings(max_flows=1_000_000)), []
+    n = 20_000
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        client = bytes([10, (i >> 16) & 255, (i >> 8) & 255, i & 255])
+        t.segment((client, SERVER, 40000 + i % 20000, 104, 7, 0, TCP_SYN, b""), 1.0, out)
+        t.segment((SERVER, client, 104, 40000 + i % 20000, 9, 8, TCP_SYN | TCP_ACK, b""), 1.0, out)
+    per_flow = (tracemalloc.get_traced_memory()[0] - base) / n
+    tracemalloc.stop()
+    assert len(t) == n and t.active == n and out == []
+    assert per_flow <= 1024, per_flow
+    assert stream._NONE_HELD == {}  # the shared empty out-of-order buffer is never written to
+
+
+def test_handshake_records_expire_and_promote_with_their_sequence_numbers():
+    t, out = FlowTable(FlowSettings(idle_timeout=60)), []
+    handshake(t, out, sport=40000)
+    handshake(t, out, ts=50.0, sport=40001)
+    t.expire(70.0, out)  # the first handshake idled out, the second is younger
+    assert len(t) == 1 and t.evicted == {"idle": 1} and t.active == 1
+    # The client's first bytes arrive out of order: the SYN's sequence number tells the hole apart.
+    t.segment(seg(True, 101 + 10, 501, TCP_ACK, RQ[10:], sport=40001), 71.0, out)
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ[:10], sport=40001), 71.1, out)
+    t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK, RJ, sport=40001), 71.2, out)
+    assert [a.outcome for a in ended(out)] == [A.REJECTED]
+    t.segment(seg(True, 1, 1, TCP_SYN, sport=40002), 72.0, out)
+    t.segment(seg(False, 1, 2, TCP_RST | TCP_ACK, sport=40002), 72.0, out)  # port closed
+    assert t.evicted["closed"] == 1 and len(t) == 1
+    t.end(80.0, out)
+    assert t.active == 0
