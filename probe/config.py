@@ -247,11 +247,11 @@ class Config:
 
     def evidence_writer(self):
         """An EvidenceWriter when evidence.directory is set, else None."""
-        from .evidence import EvidenceSettings, EvidenceWriter
-
         ev = self.raw["evidence"]
         if not ev["directory"]:
             return None
+        from .evidence import EvidenceSettings, EvidenceWriter
+
         return EvidenceWriter(EvidenceSettings(**ev))
 
     @property

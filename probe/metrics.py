@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
 from . import __version__
 from .dicom import association as A
 from . import connection as C
@@ -212,6 +209,12 @@ class AeLabeler:
         return title
 
 
+def preload() -> None:
+    """Import what rendering needs now (a daemon that drops privileges may not read it later)."""
+    import prometheus_client  # noqa: F401
+    import prometheus_client.core  # noqa: F401
+
+
 class BoundedLabels:
     """Label values from the wire that are not AE titles (TLS servers, certificate subjects): kept as
     they come (the caller sanitises them) up to ``max_values`` distinct ones, then ``(overflow)``."""
@@ -294,6 +297,8 @@ class MetricStore:
     # -- exposition -----------------------------------------------------------------------------
 
     def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
         for fam in FAMILIES:
             series = self.values[fam.name]
             if fam.kind == COUNTER:
@@ -315,6 +320,10 @@ class MetricStore:
             yield mf
 
     def render(self) -> bytes:
+        """The text exposition. prometheus_client is imported here, not at start-up (most analyze
+        runs never render); the daemon imports it before dropping privileges (:func:`preload`)."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)
         return generate_latest(registry)

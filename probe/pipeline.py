@@ -14,7 +14,6 @@ from .decode import Decoder
 from .dicom import association as A
 from .dicom import codes
 from .dicom import dimse as D
-from .evidence import EvidenceWriter
 from .dicom import pdu as P
 from .flows import FlowSettings, FlowTable
 from .metrics import AeLabeler, AssociationMetrics, MetricStore, TlsMetrics
@@ -55,7 +54,7 @@ class Pipeline:
         self._decoders: dict[int, Decoder] = {}
         self._out: list = []
         self.per_interface: dict[str, list[int]] = {}  # live capture: packets, bytes per interface
-        self.evidence: EvidenceWriter | None = None  # optional evidence pcaps (probe.evidence)
+        self.evidence = None  # optional probe.evidence.EvidenceWriter (evidence pcaps)
 
     def count_interface(self, name: str, packets: int, nbytes: int) -> None:
         """Attribute frames just fed (by a capture loop reading several interfaces) to ``name``."""

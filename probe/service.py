@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 
-from . import privileges, tlscert
+from . import metrics, privileges, tlscert
 from .config import Config, ConfigError, load
 from .daemon import Supervisor
 from .eventlog import EventLog
@@ -55,6 +55,11 @@ class Service:
         except OSError as e:
             log(f"event_log.destination: {e}")
             return 2
+        # Imported now what is otherwise imported when first needed: rendering /metrics happens after
+        # the privilege drop, and restarted workers are forked from the unprivileged supervisor.
+        metrics.preload()
+        if self.cfg.raw["evidence"]["directory"]:
+            from . import evidence  # noqa: F401
         if self.cfg.tls_ports:
             tlscert.preload()  # before workers fork and drop privileges (site-packages may be unreadable then)
         self.supervisor.start()  # fork before any thread exists
