@@ -760,6 +760,31 @@ def _md_table(hdr, rows, align: str | None = None) -> str:
     return "\n".join(out)
 
 
+LIVE_RESULTS = (("live", "python3 bench/live.py --pps 100000 --seconds 60 --json bench/.cache/live.json"),
+                ("soak", "python3 bench/live.py --soak --seconds 600 --pps 20000 --json bench/.cache/soak.json"))
+
+
+def live_section() -> list[str]:
+    """The live-capture and soak runs of bench/live.py, when their results are in bench/.cache."""
+    L: list[str] = []
+    for name, cmd in LIVE_RESULTS:
+        path = HERE / ".cache" / f"{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        if not L:
+            L.append("## Live capture (bench/live.py)\n")
+            L.append("The capture above replayed with tcpreplay (`--unique-ip`: every loop's connections are new "
+                     "ones) onto a veth in a private network namespace, captured live by `dicom-probe run`; "
+                     "kernel drops from pcap stats, counts checked against the loops x the generator's truth.\n")
+        L.append(f"### {'Replay' if name == 'live' else 'Soak'} ({r.get('date', '?')}, git {r['machine'].get('git', '?')})\n")
+        L.append("```")
+        L.append(f"$ {cmd}")
+        L.extend(line.rstrip() for line in r["report"].strip("\n").splitlines())
+        L.append("```\n")
+    return L
+
+
 def benchmarks_md(results: dict) -> str:
     m = results["machine"]
     c = results["capture"]
@@ -943,6 +968,7 @@ def benchmarks_md(results: dict) -> str:
                 rows.append((f["stage"], f"{f['tottime']:.2f}", f"{f['calls']:,}", f"`{f['func']}`"))
         L.append(_md_table(("stage", "self s", "calls", "function"), rows, align="lrrl"))
         L.append("")
+    L.extend(live_section())
     L.append("## Reproduce\n")
     L.append("```")
     L.append("python3 bench/run.py                # measure and print (capture generated once, then cached)")
