@@ -689,3 +689,75 @@ def test_live_interface_removed_and_recreated_is_reopened(net, probe_factory):
     assert value(samples, "dicom_probe_capture_reopens_total", interface="vgone") == 1
     assert value(samples, "dicom_probe_worker_restarts_total") == 0
     assert "reopening" in probe.log()
+
+
+TLS_PORT = 2762  # in the default tls_ports
+
+
+def _pki(d: Path) -> Path:
+    """A CA, a server and a client certificate signed by it, and an unrelated CA (openssl CLI)."""
+    d.mkdir()
+
+    def ssl(*args):
+        N.sh(["openssl", *map(str, args)])
+
+    for ca, cn in (("ca", "Live Test CA"), ("other", "Other Test CA")):
+        ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d / f"{ca}.key", "-out", d / f"{ca}.crt",
+            "-days", "30", "-subj", f"/O=Example Hospital/CN={cn}")
+    for name, cn in (("server", "pacs.live.test"), ("client", "ct-local.live.test")):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr",
+            "-subj", f"/O=Example Hospital/CN={cn}")
+        ssl("x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.crt", "-CAkey", d / "ca.key", "-CAcreateserial",
+            "-out", d / f"{name}.crt", "-days", "20")
+    return d
+
+
+def test_live_tls_handshakes_are_observed(net, probe_factory):
+    """DICOM over TLS captured live on the default TLS port: DCMTK echoscu +tls to storescp +tls
+    completes (DCMTK negotiates TLS 1.3); a client trusting another CA fails with the alert it
+    sends; a plain DICOM client on the TLS port is not-tls. Nothing is decrypted."""
+    pki = _pki(net.tmp / "pki")
+    scp = net.lab.spawn(net.pacs, [STORESCP, "-aet", CALLED, "+tls", pki / "server.key", pki / "server.crt", "-pw",
+                                   "+cf", pki / "ca.crt", "-od", net.tmp / "in", TLS_PORT],
+                        stdout=net.tmp / "tls-scp.log", stderr=net.tmp / "tls-scp.err")
+    try:
+        net.lab.wait_listen(net.pacs, TLS_PORT)
+        probe = probe_factory(1).start()
+        probe.wait_ready()
+        tls = ["+tls", pki / "client.key", pki / "client.crt", "-pw"]
+        rc, out = net.lab.run(net.mod, [ECHOSCU, "-v", *tls, "+cf", pki / "ca.crt", "-aet", KNOWN, "-aec", CALLED,
+                                        PACS_LOCAL_IP, TLS_PORT])
+        assert rc == 0, out
+        rc, out = net.lab.run(net.mod, [ECHOSCU, "-v", *tls, "+cf", pki / "other.crt", "-aet", KNOWN, "-aec",
+                                        CALLED, PACS_LOCAL_IP, TLS_PORT])
+        assert rc != 0, out
+        rc, out = net.lab.run(net.mod, [ECHOSCU, "-v", "-aet", KNOWN, "-aec", CALLED, PACS_LOCAL_IP, TLS_PORT])
+        assert rc != 0, out
+
+        server = f"{PACS_LOCAL_IP}:{TLS_PORT}"
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            samples, _ = probe.scrape()
+            if value(samples, "dicom_tls_connections_total") == 3:
+                break
+            time.sleep(0.25)
+        time.sleep(SNAPSHOT_SETTLE)
+        samples, _ = probe.scrape()
+        assert value(samples, "dicom_tls_connections_total", server=server, site="other") == 3
+        assert select(samples, "dicom_tls_handshakes_total") == {
+            frozenset({("site", "other"), ("server", server), ("version", "TLSv1.3")}): 1}
+        failures = {dict(k)["alert"]: (dict(k)["sent_by"], v)
+                    for k, v in select(samples, "dicom_tls_handshake_failures_total").items()}
+        assert failures.pop("not-tls") == ("client", 1)
+        ((alert, (sent_by, n)),) = failures.items()
+        assert alert in ("unknown_ca", "bad_certificate", "encrypted-alert") and sent_by == "client" and n == 1
+        assert value(samples, "dicom_probe_kernel_drops_total") == 0
+        assert value(samples, "dicom_dimse_requests_total") == 0  # the DICOM inside TLS is not read
+
+        assert_exits_cleanly(probe)
+        records = [r for r in probe.event_log() if r.get("event") == "tls-connection"]
+        assert sorted(r["outcome"] for r in records) == ["established", "failed", "failed"]
+        good = next(r for r in records if r["outcome"] == "established")
+        assert good["version"] == "TLSv1.3" and good["server"] == server and good["client"].startswith(LOCAL_IP)
+    finally:
+        net.lab.stop(scp)
