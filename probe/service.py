@@ -28,6 +28,9 @@ def log(msg: str) -> None:
     print(f"dicom-probe: {msg}", file=sys.stderr, flush=True)
 
 
+LATEST_MAX = 20_000  # AE pair x site entries remembered for the status page's "last seen"
+
+
 class Service:
     def __init__(self, cfg: Config, config_path: str | None, *, read=(), realtime=False, workers=None,
                  listen=None, exit_when_done=False):
@@ -42,7 +45,9 @@ class Service:
         self._stop = False
         self._reload = False
         self._log_failing = False
-        self._recent: deque[dict] = deque(maxlen=50)
+        self._recent: deque[dict] = deque(maxlen=50)  # the newest rejected/aborted associations
+        self._recent_tls: deque[dict] = deque(maxlen=50)  # ... and failed TLS handshakes
+        self._latest: dict[tuple, dict] = {}  # per AE pair and site: its newest association (last seen)
         self._recent_lock = threading.Lock()
 
     def _open_event_log(self, cfg: Config) -> EventLog:
@@ -137,13 +142,23 @@ class Service:
     def _status_page(self) -> bytes:
         ok, health = self.supervisor.health()
         with self._recent_lock:
-            recent = list(self._recent)
-        return render_status(self.supervisor.merged(), recent, health, now=time.time())
+            recent = list(self._recent) + list(self._recent_tls)
+            latest = list(self._latest.values())
+        return render_status(self.supervisor.merged(), recent, health, now=time.time(), seen=latest)
 
     def _flush_events(self) -> None:
         sup = self.supervisor
-        with self._recent_lock:  # the status page lists the latest rejected and aborted associations
-            self._recent.extend(r for r in sup.records if r.get("outcome") in ("rejected", "aborted", "failed"))
+        with self._recent_lock:  # for the status page
+            for r in sup.records:
+                if r.get("event") == "tls-connection":
+                    if r.get("outcome") == "failed":
+                        self._recent_tls.append(r)
+                    continue
+                if r.get("outcome") in ("rejected", "aborted"):
+                    self._recent.append(r)
+                key = (r.get("calling_ae"), r.get("called_ae"), r.get("site"))
+                if key in self._latest or len(self._latest) < LATEST_MAX:
+                    self._latest[key] = r
         batch = sup.events + sup.records
         sup.events, sup.records = [], []
         for note in sup.notes:

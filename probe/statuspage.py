@@ -794,12 +794,14 @@ def _page(title: str, body: str, *, refresh: int | None = None) -> bytes:
 
 
 def render_status(store: MetricStore, recent: list[dict], health: dict, *, now: float,
-                  history: dict | None = None) -> bytes:
+                  history: dict | None = None, seen: Iterable[dict] = ()) -> bytes:
     """The status page served at ``/``: failing AE pairs first, per pair and per site tables, the
     newest rejected/aborted associations and the probe's health. Refreshes itself every 10 s.
 
     ``recent``: association records (:func:`probe.report.association_record`), any order and
-    outcome — they give each pair's last-seen time and the list of recent failures (newest 50).
+    outcome — they give each pair's last-seen time and the list of recent failures (newest 50);
+    TLS connection records (:func:`probe.report.tls_record`) among them give the failed handshakes.
+    ``seen``: more association records (e.g. each pair's newest), for last-seen times only.
     ``health``: the daemon's ``/healthz`` detail (``workers``, ``workers_alive``, ``restarts``,
     ``last_packet_age_seconds``, ``capture_handles_open``, ``errors``; an optional ``ok``).
     ``now``: wall-clock time of the rendering (ages, the header). ``history``: optional
@@ -807,13 +809,14 @@ def render_status(store: MetricStore, recent: list[dict], health: dict, *, now: 
     sampled over time; each pair gets a sparkline of the increases between samples.
     """
     recent, recent_tls = _split([r for r in (recent or []) if isinstance(r, dict)])
+    seen = [r for r in seen if isinstance(r, dict)]
     rows = site_pair_rows(store)
     cards, ok = _daemon_health(store, health)
     status = ('<span class="badge ok">probe healthy</span>' if ok else '<span class="badge bad">probe unhealthy</span>')
     body = (f'<header><h1>dicom-probe</h1> <span class="muted">status at {_iso(now, ms=False)} \u00b7 '
             f"refreshes every 10 s</span> {status}</header>\n"
             + _alert_block(store)
-            + "<h2>AE pairs</h2>\n" + _pair_section(rows, _last_seen(recent), now, history)
+            + "<h2>AE pairs</h2>\n" + _pair_section(rows, _last_seen([*recent, *seen]), now, history)
             + "<h2>Sites</h2>\n" + _site_section(rows)
             + "<h2>Recent rejected and aborted associations</h2>\n"
             + _failed_section(recent, RECENT_MAX, newest_first=True)

@@ -581,3 +581,24 @@ def parse_dom(dom: str) -> Element:
     assert p.errors == [], p.errors[:5]
     return next(c for c in p.root.children if isinstance(c, Element) and c.tag == "html")
 
+
+
+def test_status_last_seen_of_healthy_pairs_comes_from_seen(seed, now):
+    """The daemon keeps only failures as `recent`; each pair's newest record comes as `seen`, so a
+    healthy pair has a last-seen time too (and is not listed as a failure)."""
+    store, records = seed
+    failures = [r for r in records if r["outcome"] in ("rejected", "aborted")]
+    healthy = [r for r in records if r["outcome"] == "released"]
+    without = parse(render_status(store, failures, HEALTH, now=now))
+    with_seen = parse(render_status(store, failures, HEALTH, now=now, seen=healthy[-1:]))
+
+    def local_row(doc):
+        table = next(doc.iter("table", class_="pairs"))
+        header = next(table.iter("tr")).cells()
+        row = next(tr for tr in table.iter("tr") if tr.attrs.get("data-pair") == "CT_LOCAL|PACS_MAIN|other")
+        return row.cells()[header.index("Last seen")]
+
+    assert local_row(without) == "-" or not local_row(without).endswith("ago")
+    assert local_row(with_seen).endswith("s ago")
+    failed = next(with_seen.iter("table", class_="failed"))
+    assert "CT_LOCAL" not in " ".join(failed.text().split())
