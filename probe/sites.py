@@ -27,14 +27,14 @@ class SiteMap:
 
     def site_of(self, endpoint: str) -> str:
         """Site of an "address:port" (or "[v6]:port", or a bare address)."""
-        site = self._cache.get(endpoint)
-        if site is not None:
-            return site
         host = endpoint
         if host.startswith("["):
             host = host[1 : host.index("]")]
         elif host.count(":") == 1:
             host = host.rsplit(":", 1)[0]
+        site = self._cache.get(host)  # by address: a client's every connection has another port
+        if site is not None:
+            return site
         site = SITE_OTHER
         try:
             addr = ipaddress.ip_address(host)
@@ -46,5 +46,5 @@ class SiteMap:
                     site = name
                     break
         if len(self._cache) < 65536:
-            self._cache[endpoint] = site
+            self._cache[host] = site
         return site
