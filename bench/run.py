@@ -571,9 +571,43 @@ def _capture_info(truth: dict, capture: Path) -> dict:
     return info
 
 
+def flow_memory(n: int = 20_000) -> dict:
+    """Bytes the flow table allocates per tracked connection (tracemalloc, in this process): a
+    connection seen only in its handshake (SYN, SYN-ACK), and one whose A-ASSOCIATE-RQ arrived
+    (Connection, streams, framer, association machine with its association and DIMSE tracker)."""
+    import struct
+    import tracemalloc
+
+    from probe.decode import TCP_ACK, TCP_SYN
+    from probe.flows import FlowSettings, FlowTable
+
+    body = struct.pack(">HH", 1, 0) + b"PACS_MAIN".ljust(16) + b"CT_REMOTE1".ljust(16) + b"\0" * 32
+    rq = struct.pack(">BxI", 1, len(body)) + body
+    server = bytes([198, 18, 0, 10])
+    out: dict = {}
+    for kind in ("handshake", "association"):
+        table, events = FlowTable(FlowSettings(max_flows=10 * n)), []
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            client, port = bytes([10, (i >> 16) & 255, (i >> 8) & 255, i & 255]), 40000 + i % 20000
+            table.segment((client, server, port, 104, 7, 0, TCP_SYN, b""), 1.0, events)
+            table.segment((server, client, 104, port, 9, 8, TCP_SYN | TCP_ACK, b""), 1.0, events)
+            if kind == "association":
+                table.segment((client, server, port, 104, 8, 10, TCP_ACK, rq), 1.0, events)
+            events.clear()
+        out[kind] = round((tracemalloc.get_traced_memory()[0] - base) / n)
+        tracemalloc.stop()
+        del table
+    out["flows"] = n
+    return out
+
+
 def _run_all(args, capture: Path, truth: dict, work: Path, results: dict, log) -> None:
     frames = truth["frames"]
     M = results["measurements"]
+    results["flow_memory"] = flow_memory()
+    log(f"memory per tracked flow: {results['flow_memory']}")
     probe = [sys.executable, "-m", "probe", "analyze", "-q", "--format", "prom"]
     # warm the page cache so that the first measurement is not the only one paying for the disk
     with open(capture, "rb") as f:
@@ -900,6 +934,18 @@ def benchmarks_md(results: dict) -> str:
                      f"work, which caps the speed-up at {sum(cost) / max(cost):.2f}x before start-up, every "
                      f"worker reading and filtering the whole file, and merging.")
         L.append(text + "\n")
+    fm = results.get("flow_memory")
+    if fm:
+        L.append("### Memory per tracked flow\n")
+        L.append(f"Measured with tracemalloc over {fm['flows']:,} connections in the benchmark's process "
+                 "(`bench/run.py`, `flow_memory()`): everything the flow table allocates for each.\n")
+        L.append(_md_table(("connection", "bytes", "target"), [
+            ("seen only in its handshake (SYN, SYN-ACK; an idle or flooding connection)", f"{fm['handshake']:,}",
+             "<= 1 KiB: met" if fm["handshake"] <= 1024 else "<= 1 KiB: NOT met"),
+            ("with an A-ASSOCIATE-RQ (connection, streams, framer, association, DIMSE tracker)",
+             f"{fm['association']:,}", "-"),
+        ], align="lrl"))
+        L.append("")
     L.append("### Correctness\n")
     one, n = chk["one_worker"], chk["n_workers"]
     if chk["ok"]:
