@@ -165,8 +165,14 @@ class StreamReassembler:
         ooo = self._ooo
         progress = True
         while ooo and progress:
-            progress = False
             nxt = self.next_seq
+            payload = ooo.pop(nxt, None)
+            if payload is not None:  # the usual case: the next segment starts right here (O(1))
+                self._account(-len(payload))
+                out.append(payload)
+                self.next_seq = (nxt + len(payload)) & _MASK
+                continue
+            progress = False
             for seq in list(ooo):
                 behind = (nxt - seq) & _MASK
                 if behind >= _HALF:
