@@ -100,7 +100,7 @@ class FlowTable:
             conn, from_client = hit
             if conn.closed:
                 if flags & TCP_SYN and not flags & TCP_ACK:
-                    self._remove(conn, "closed")  # the 4-tuple is reused by a new connection
+                    self._remove(conn, None)  # the 4-tuple is reused by a new connection (counted when it closed)
                 else:
                     return
             else:

@@ -192,3 +192,12 @@ def test_handshake_records_expire_and_promote_with_their_sequence_numbers():
     assert t.evicted["closed"] == 1 and len(t) == 1
     t.end(80.0, out)
     assert t.active == 0
+
+
+def test_a_reused_4_tuple_counts_the_old_connection_closed_once():
+    t, out = FlowTable(FlowSettings(closed_linger=30)), []
+    handshake(t, out)
+    t.segment(seg(True, 101, 501, TCP_ACK, RQ), 1.0, out)
+    t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK | TCP_RST, RJ), 1.01, out)
+    handshake(t, out, ts=2.0)  # the same 4-tuple again while the closed one lingers
+    assert t.evicted == {"closed": 1} and len(t) == 1 and t.active == 1
