@@ -10,10 +10,10 @@ A connection seen only in its handshake (no byte of payload yet) is a small reco
 server, the initial sequence numbers, last activity; about 0.4 KiB against 2-3 KiB for a
 Connection) until its first payload: SYN floods and port scans cost little. Such records expire in
 order of last activity. Closed connections linger briefly so that late retransmissions and final
-ACKs are not mistaken for new connections picked up mid-stream. When the table is full, a new connection evicts the oldest
-one that never carried a byte (SYN floods, scans), then the oldest whose association was never
-answered, else the least recently active one: a flood cannot stop the probe from following new
-associations.
+ACKs are not mistaken for new connections picked up mid-stream. When the table is full, a new
+connection evicts the oldest one that never carried a byte (SYN floods, scans), then the oldest
+whose association was never answered, else the least recently active one: a flood cannot stop the
+probe from following new associations.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class FlowTable:
                 del hs[pending.key]
                 self.active -= 1
                 c_addr, c_port, s_addr, s_port = pending.key
-                conn = self._new(c_addr, c_port, s_addr, s_port, True, True, ts)
+                conn = self._new(c_addr, c_port, s_addr, s_port, ts, from_syn=True, fwd_is_client=True)
                 for d in (0, 1):
                     if pending.isn[d] is not None:
                         conn.streams[d].next_seq = (pending.isn[d] + 1) & _MASK
@@ -158,15 +158,15 @@ class FlowTable:
         else:
             src_is_client = sport >= dport  # both or neither configured: the ephemeral port is higher
         if src_is_client:
-            conn = self._new(src, sport, dst, dport, bool(flags & TCP_SYN), True, ts)
+            conn = self._new(src, sport, dst, dport, ts, from_syn=bool(flags & TCP_SYN), fwd_is_client=True)
         else:
-            conn = self._new(dst, dport, src, sport, bool(flags & TCP_SYN), False, ts)
+            conn = self._new(dst, dport, src, sport, ts, from_syn=bool(flags & TCP_SYN), fwd_is_client=False)
         conn.segment(src_is_client, seq, ack, flags, payload, ts, out)
         if conn.closed:
             self._closed(conn, ts)
 
-    def _new(self, c_addr, c_port: int, s_addr, s_port: int, from_syn: bool, fwd_is_client: bool,
-             ts: float) -> Connection:
+    def _new(self, c_addr, c_port: int, s_addr, s_port: int, ts: float, *, from_syn: bool,
+             fwd_is_client: bool) -> Connection:
         """Track a new connection (client -> server given), keyed both ways; ``fwd_is_client``: the
         packet at hand came from the client (its 4-tuple is the one remembered for removal)."""
         client, server = endpoint(c_addr, c_port), endpoint(s_addr, s_port)
