@@ -1,6 +1,6 @@
 """Independent oracle for TLS captures (DICOM over TLS), built on tshark.
 
-It shares no code with the probe, nor with the recorder
+It shares no code with the probe, nor with the recorder (only the tshark check with tests/tshark_oracle.py)
 (tests/fixtures/record_tls_fixtures.py): Wireshark's TLS and X.509 dissectors
 do the TCP reassembly and the parsing; this module only groups what they
 report by TCP connection (``tcp.stream``).
@@ -92,10 +92,11 @@ from __future__ import annotations
 import calendar
 import functools
 import re
-import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+
+from tshark_oracle import tshark_has  # the same availability check as the DICOM oracle
 
 TSHARK = "tshark"
 
@@ -121,18 +122,9 @@ COMPARED = ("client", "client_port", "server", "outcome", "version", "cipher_ian
             "server_cert", "client_cert", "server_chain", "client_chain")
 
 
-@functools.lru_cache(maxsize=1)
 def tshark_available() -> bool:
     """True if a working tshark with the TLS and X.509 dissectors is on PATH."""
-    if shutil.which(TSHARK) is None:
-        return False
-    try:
-        r = subprocess.run([TSHARK, "-G", "protocols"], capture_output=True, text=True,
-                           timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    names = {line.split("\t")[2] for line in r.stdout.splitlines() if line.count("\t") >= 2}
-    return r.returncode == 0 and {"tls", "x509af"} <= names
+    return tshark_has("tls", "x509af")
 
 
 @functools.lru_cache(maxsize=1)

@@ -108,9 +108,9 @@ _FIELDS = [
 _AGG = "\x1f"  # separates several occurrences of one field in a frame
 
 
-@functools.lru_cache(maxsize=1)
-def tshark_available() -> bool:
-    """True if a working tshark with the DICOM dissector is on PATH."""
+@functools.lru_cache(maxsize=None)
+def tshark_has(*protocols: str) -> bool:
+    """True if a working tshark with these dissectors (filter names, e.g. "dicom") is on PATH."""
     if shutil.which(TSHARK) is None:
         return False
     try:
@@ -118,8 +118,13 @@ def tshark_available() -> bool:
                            timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return r.returncode == 0 and any(
-        line.split("\t")[2:3] == ["dicom"] for line in r.stdout.splitlines())
+    names = {line.split("\t")[2] for line in r.stdout.splitlines() if line.count("\t") >= 2}
+    return r.returncode == 0 and set(protocols) <= names
+
+
+def tshark_available() -> bool:
+    """True if a working tshark with the DICOM dissector is on PATH."""
+    return tshark_has("dicom")
 
 
 def _reject_names(result, source, reason):
