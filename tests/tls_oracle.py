@@ -1,7 +1,8 @@
 """Independent oracle for TLS captures (DICOM over TLS), built on tshark.
 
-It shares no code with the probe, nor with the recorder (only the tshark check with tests/tshark_oracle.py)
-(tests/fixtures/record_tls_fixtures.py): Wireshark's TLS and X.509 dissectors
+It shares no code with the probe, nor with the recorder
+(tests/fixtures/record_tls_fixtures.py), and only its tshark check with
+tests/tshark_oracle.py: Wireshark's TLS and X.509 dissectors
 do the TCP reassembly and the parsing; this module only groups what they
 report by TCP connection (``tcp.stream``).
 
