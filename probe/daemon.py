@@ -263,17 +263,17 @@ class _Worker:
         try:
             if len(sources) == 1:
                 src = sources[0]
-                packet = partial(self.pipe.packet, self.pipe.decoder(src.linktype))
+                packet = self.pipe.callback(self.pipe.decoder(src.linktype))
                 if plan.realtime:
                     packet = _paced(packet, tick)
                 src.dispatch_all(packet, tick, batch=256 if plan.realtime else None)
             else:
-                decoders = {id(s): self.pipe.decoder(s.linktype) for s in sources}
+                callbacks = {id(s): self.pipe.callback(self.pipe.decoder(s.linktype)) for s in sources}
                 pace = _Pacer(tick) if plan.realtime else None
                 for count, (ts, frame, src) in enumerate(merged(sources), 1):
                     if pace is not None:
                         pace.wait(ts)
-                    self.pipe.packet(decoders[id(src)], ts, frame)
+                    callbacks[id(src)](ts, frame)
                     if count & 0xFF == 0:
                         tick()
         except _Stop:
@@ -310,7 +310,7 @@ class _Worker:
             raise CaptureError(f"run_as: {e}") from None
         self._send({"fanout": tuple(groups)}, "ready")
         pipe = self.pipe
-        by_fd = {h.fileno(): (name, h, partial(pipe.packet, dec)) for name, h, _s, dec in self.handles}
+        by_fd = {h.fileno(): (name, h, pipe.callback(dec)) for name, h, _s, dec in self.handles}
         next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
         while not self.stop:
             ready, _, _ = select.select(list(by_fd), [], [], 0.25)

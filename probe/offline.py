@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import partial
 
 from .capture import FileSource, merged
 from .config import Config, load
@@ -33,13 +32,12 @@ def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Itera
     pipe.on_tls = on_tls
     if len(sources) == 1:
         src = sources[0]
-        src.dispatch_all(partial(pipe.packet, pipe.decoder(src.linktype)), tick and (lambda: tick(pipe)))
+        src.dispatch_all(pipe.callback(pipe.decoder(src.linktype)), tick and (lambda: tick(pipe)))
     else:
-        decoders = {id(s): pipe.decoder(s.linktype) for s in sources}
-        packet = pipe.packet
+        callbacks = {id(s): pipe.callback(pipe.decoder(s.linktype)) for s in sources}
         count = 0
         for ts, frame, src in merged(sources):
-            packet(decoders[id(src)], ts, frame)
+            callbacks[id(src)](ts, frame)
             count += 1
             if tick is not None and count & 0xFFF == 0:
                 tick(pipe)

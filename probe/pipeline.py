@@ -6,8 +6,10 @@ and does no IO; the caller owns the capture loop and reads ``store`` / receives 
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
+from functools import partial
 
 from . import connection as C
 from .decode import Decoder
@@ -20,10 +22,20 @@ from .metrics import AeLabeler, AssociationMetrics, MetricStore, TlsMetrics
 from . import tls as T
 from .sites import SiteMap
 
+try:  # the optional compiled fast lane (probe/_lane.c); DICOM_PROBE_PURE_PYTHON=1 turns it off
+    from . import _lane
+except ImportError:
+    _lane = None
+if os.environ.get("DICOM_PROBE_PURE_PYTHON", "") not in ("", "0"):
+    _lane = None
+
 # From the ethertype: ethertype, IPv4 version/IHL, total length, flags/fragment offset, protocol,
 # the 12 bytes (addresses, ports) that key FlowTable.fast, sequence number, data offset, TCP flags.
 _FAST = struct.Struct(">HBxH2xHxB2x12sI4xBB").unpack_from
 _DATA = P._DATA  # the framer state "skipping a data PDV value"
+# Association machine states in which a P-DATA-TF PDU changes nothing (the compiled lane's data phase).
+_QUIET_STATES = frozenset(state for (state, inp), (action, _next) in A.TRANSITIONS.items()
+                          if inp == A.PDATA and action == "ignore")
 
 _NOTIFICATIONS = frozenset((
     A.AssociationOpened, A.AssociationEnded, A.AssociationRequested, A.AssociationAccepted, A.AssociationRejected,
@@ -46,11 +58,12 @@ class Pipeline:
         self.flows = FlowTable(settings)
         self.on_association = on_association
         self.interface = interface
-        self.packets = 0
-        self.bytes = 0
+        self._packets = 0  # frames and bytes fed to packet() (the compiled lanes count their own)
+        self._bytes = 0
         self.associations = 0  # ended associations
-        self.last_ts = 0.0
+        self._last_ts = 0.0
         self._next_expiry = 0.0
+        self._lanes: list = []  # compiled fast lanes handed out by callback()
         self._decoders: dict[int, Decoder] = {}
         self._out: list = []
         self.per_interface: dict[str, list[int]] = {}  # live capture: packets, bytes per interface
@@ -68,23 +81,46 @@ class Pipeline:
             d = self._decoders[linktype] = Decoder(linktype)
         return d
 
+    @property
+    def packets(self) -> int:
+        return self._packets + sum(lane.packets for lane in self._lanes)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes + sum(lane.bytes for lane in self._lanes)
+
+    @property
+    def last_ts(self) -> float:
+        return max([self._last_ts, *(lane.last_ts for lane in self._lanes)])
+
+    def callback(self, decoder: Decoder) -> Callable[[float, bytes], None]:
+        """The capture callback ``cb(ts, frame)`` for frames of ``decoder``'s link type: the compiled
+        fast lane (probe._lane) where it is built and the link layer has a fixed layout, else
+        ``packet`` bound to the decoder. Both give the same results."""
+        if _lane is None or decoder.fast_offset < 0:
+            return partial(self.packet, decoder)
+        lane = _lane.Lane(self.flows.fast, decoder.fast_offset, partial(self._full, decoder), _DATA,
+                          self._next_expiry, P.PduFramer, _QUIET_STATES)
+        self._lanes.append(lane)
+        return lane
+
     def packet(self, decoder: Decoder, ts: float, frame: bytes) -> None:
         """One captured frame (decoder first, so ``functools.partial(packet, decoder)`` is the
-        capture callback)."""
-        self.packets += 1
-        self.bytes += len(frame)
-        if ts > self.last_ts:
-            self.last_ts = ts
+        capture callback). The pure-Python path; see also :meth:`callback`."""
+        self._packets += 1
+        self._bytes += len(frame)
+        if ts > self._last_ts:
+            self._last_ts = ts
             if ts >= self._next_expiry:
-                self._next_expiry = ts + 1.0
-                self.flows.expire(ts, self._out)
+                self._expire(ts)
         # Fast lane: an untagged IPv4/TCP segment of a known connection that lies inside a P-DATA
         # data value, or a pure ACK: one unpack of the headers, one lookup and a subtraction.
         # Anything else (and any doubt) takes the full path below, which gives the same result.
         off = decoder.fast_offset
         if off >= 0 and len(frame) >= off + 34:
             ethertype, vihl, total, frag, proto, key, seq, doff, flags = _FAST(frame, off - 2)
-            if ethertype == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF and not flags & 0x07:
+            if (ethertype == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF and not flags & 0x07
+                    and doff >= 0x50):
                 entry = self.flows.fast.get(key)
                 if entry is not None:
                     conn, d, stream, other = entry
@@ -102,6 +138,21 @@ class Pipeline:
                             framer.data_bytes += n
                             conn.last_ts = ts
                             return
+        self._decode(decoder, ts, frame)
+
+    def _full(self, decoder: Decoder, ts: float, frame: bytes) -> None:
+        """A frame a compiled lane did not finish (it has counted it): due timeouts, then the full path."""
+        if ts >= self._next_expiry:
+            self._expire(ts)
+        self._decode(decoder, ts, frame)
+
+    def _expire(self, ts: float) -> None:
+        self._next_expiry = ts + 1.0
+        for lane in self._lanes:
+            lane.next_expiry = self._next_expiry
+        self.flows.expire(ts, self._out)
+
+    def _decode(self, decoder: Decoder, ts: float, frame: bytes) -> None:
         seg = decoder.decode(frame)
         if seg is not None:
             self.flows.segment(seg, ts, self._out)
@@ -143,8 +194,7 @@ class Pipeline:
         """Live capture on a quiet link: let idle timeouts run on the wall clock (which packet
         timestamps follow) even when no packet arrives."""
         if now >= self._next_expiry and now > self.last_ts:
-            self._next_expiry = now + 1.0
-            self.flows.expire(now, self._out)
+            self._expire(now)
             if self._out:
                 self._handle(self._out)
                 self._out.clear()

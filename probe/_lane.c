@@ -1,0 +1,560 @@
+/*
+ * probe._lane: the pipeline's per-packet fast lane, compiled (optional accelerator).
+ *
+ * A Lane is the capture callback lane(ts, frame) that pypcap's dispatch calls for every frame. It
+ * does exactly what the pure-Python fast lane in probe/pipeline.py (Pipeline.packet) does, on the
+ * same Python objects, and hands every other frame to the Python full path unchanged:
+ *
+ *   - count the frame (packets, bytes) and keep the latest timestamp; a frame that makes the idle
+ *     timeouts due (ts >= next_expiry) goes to the full path, which runs them;
+ *   - an untagged IPv4/TCP frame (fixed offsets from `offset`, the decoder's fast_offset) without
+ *     SYN/FIN/RST, of a connection in the flow table's `fast` dict (12-byte key: addresses, ports),
+ *     whose reverse direction holds no out-of-order data, is either
+ *       * a pure ACK: the connection's last_ts is set, nothing else; or
+ *       * an in-order segment lying strictly inside a P-DATA data value (or a TLS application-data
+ *         record) of its direction's framer: stream.next_seq, framer._pdv_left, framer._pdu_left,
+ *         framer.data_bytes and conn.last_ts are updated, nothing else;
+ *   - anything else, or any doubt (an attribute of an unexpected type, a frame that is not bytes),
+ *     calls full(ts, frame).
+ *
+ * There is no state here besides the counters: the flow table, streams and framers stay the
+ * single source of truth, so the compiled and the pure-Python lanes are interchangeable at any
+ * frame. tests/test_accel.py checks that both give identical output on every fixture capture.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+
+static PyObject *s_ooo, *s_framers, *s_state, *s_pdv_left, *s_pdu_left, *s_data_bytes, *s_next_seq, *s_last_ts,
+    *s_buf, *s_pdus, *s_need, *s_start_ts, *s_pdv_context, *s_pdv_last, *s_closed, *s_machine, *s_current,
+    *s_outcome, *s_pdata_bytes, *s_requestor_is_client, *s_machine_state;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fast;   /* dict: 12-byte key -> (conn, d, stream, other) */
+    PyObject *full;   /* callable full(ts, frame) */
+    Py_ssize_t offset;
+    long data_state;  /* the framers' "inside a data value" state */
+    PyObject *pdu_framer;  /* probe.dicom.pdu.PduFramer, or None: no data-phase lane */
+    PyObject *quiet_states;  /* association machine states in which a P-DATA-TF PDU changes nothing */
+    unsigned long long packets;
+    unsigned long long bytes;
+    unsigned long long fast_frames;  /* frames this lane finished itself */
+    double last_ts;
+    double next_expiry;
+} Lane;
+
+static void
+Lane_dealloc(Lane *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->fast);
+    Py_CLEAR(self->full);
+    Py_CLEAR(self->pdu_framer);
+    Py_CLEAR(self->quiet_states);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Lane_traverse(Lane *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fast);
+    Py_VISIT(self->full);
+    Py_VISIT(self->pdu_framer);
+    Py_VISIT(self->quiet_states);
+    return 0;
+}
+
+static int
+Lane_clear(Lane *self)
+{
+    Py_CLEAR(self->fast);
+    Py_CLEAR(self->full);
+    Py_CLEAR(self->pdu_framer);
+    Py_CLEAR(self->quiet_states);
+    return 0;
+}
+
+static int
+Lane_init(Lane *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fast", "offset", "full", "data_state", "next_expiry", "pdu_framer", "quiet_states",
+                             NULL};
+    PyObject *fast, *full, *pdu_framer = Py_None, *quiet_states = NULL;
+    Py_ssize_t offset;
+    long data_state;
+    double next_expiry = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nOl|dOO!", kwlist, &PyDict_Type, &fast, &offset, &full,
+                                     &data_state, &next_expiry, &pdu_framer, &PyFrozenSet_Type, &quiet_states))
+        return -1;
+    if (pdu_framer != Py_None && (!PyType_Check(pdu_framer) || quiet_states == NULL)) {
+        PyErr_SetString(PyExc_TypeError, "pdu_framer must be a type, and comes with quiet_states");
+        return -1;
+    }
+    Py_INCREF(pdu_framer);
+    Py_XSETREF(self->pdu_framer, pdu_framer);
+    Py_XINCREF(quiet_states);
+    Py_XSETREF(self->quiet_states, quiet_states);
+    if (offset < 2) {
+        PyErr_SetString(PyExc_ValueError, "offset must be >= 2 (the ethertype precedes the IPv4 header)");
+        return -1;
+    }
+    if (!PyCallable_Check(full)) {
+        PyErr_SetString(PyExc_TypeError, "full must be callable");
+        return -1;
+    }
+    Py_INCREF(fast);
+    Py_XSETREF(self->fast, fast);
+    Py_INCREF(full);
+    Py_XSETREF(self->full, full);
+    self->offset = offset;
+    self->data_state = data_state;
+    self->packets = self->bytes = self->fast_frames = 0;
+    self->last_ts = 0.0;
+    self->next_expiry = next_expiry;
+    return 0;
+}
+
+/* obj.name as a C integer; 0 on success, 1 when it is not an int (or absent: the caller goes slow),
+ * -1 on a real error. */
+static int
+get_ll(PyObject *obj, PyObject *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            return 1;
+        }
+        return -1;
+    }
+    if (!PyLong_CheckExact(v)) {
+        Py_DECREF(v);
+        return 1;
+    }
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+    Py_DECREF(v);
+    if (overflow)
+        return 1;
+    if (*out == -1 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+static int
+set_ll(PyObject *obj, PyObject *name, long long value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* obj.name is truthy: 1, falsy: 0, error: -1. */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+#define GO_FULL 1
+
+/* States of probe.dicom.pdu.PduFramer (checked against the module by tests/test_accel.py). */
+enum { F_HEADER = 0, F_PDV_HEADER = 2, F_DATA = 3 };
+#define UL_HEADER_LEN 6
+
+static inline uint32_t
+be32(const unsigned char *b)
+{
+    return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
+}
+
+/* The data-phase lane: an in-order segment of an association in its data phase that the framer
+ * (a PduFramer with nothing collected) would consume without any event but P-DATA-TF PDUs, i.e.
+ * data PDV values, the PDV headers of data PDVs and whole P-DATA-TF headers, while the association
+ * machine ignores P-DATA-TF (established, releasing) and the association already counts P-DATA
+ * bytes. PduFramer.feed and Connection._deliver are simulated on locals; nothing is written unless
+ * the whole payload passes, so any other case goes to the full path untouched. 0 = done here,
+ * GO_FULL, -1 = error. */
+static int
+lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream, PyObject *framer, uint32_t seq,
+          const unsigned char *pl, long n)
+{
+    long long state, pdu, pdv, data_bytes, pdus;
+    int r;
+    if ((r = get_ll(framer, s_state, &state)) != 0)
+        return r;
+    if ((r = get_ll(framer, s_pdu_left, &pdu)) != 0 || (r = get_ll(framer, s_pdv_left, &pdv)) != 0)
+        return r;
+    if (state != F_DATA && state != F_PDV_HEADER && state != F_HEADER)
+        return GO_FULL;
+    if ((r = attr_true(conn, s_closed)) != 0)  /* the flow table ignores a closed connection's segments */
+        return r < 0 ? -1 : GO_FULL;
+    PyObject *buf = PyObject_GetAttr(framer, s_buf);
+    if (buf == NULL)
+        return -1;
+    Py_ssize_t buffered = PyByteArray_Check(buf) ? PyByteArray_GET_SIZE(buf) : -1;
+    Py_DECREF(buf);
+    if (buffered != 0)
+        return GO_FULL;
+
+    long pos = 0;
+    long long added = 0, data = 0, headers = 0;
+    int ended_pdv = 0, read_pdv = 0;
+    long context = 0, control = 0;
+    while (pos < n) {
+        if (state == F_DATA) {
+            long long take = pdv < n - pos ? pdv : n - pos;
+            pos += (long)take;
+            pdv -= take;
+            pdu -= take;
+            data += take;
+            if (pdv == 0) {
+            end_pdv:
+                ended_pdv = 1;
+                if (pdu >= UL_HEADER_LEN)
+                    state = F_PDV_HEADER;
+                else if (pdu == 0)
+                    state = F_HEADER;
+                else
+                    return GO_FULL;  /* 1-5 bytes left: a framing error, the full path reports it */
+            }
+        } else if (state == F_PDV_HEADER) {
+            if (n - pos < UL_HEADER_LEN)
+                return GO_FULL;
+        pdv_header:
+            {
+                long long value_len = (long long)be32(pl + pos) - 2;
+                context = pl[pos + 4];
+                control = pl[pos + 5];
+                pos += UL_HEADER_LEN;
+                pdu -= UL_HEADER_LEN;
+                if (value_len < 0 || value_len > pdu || (control & 0x01))
+                    return GO_FULL;  /* malformed, or a command: the full path */
+                read_pdv = 1;
+                state = F_DATA;
+                pdv = value_len;
+                if (value_len == 0)
+                    goto end_pdv;
+            }
+        } else {  /* F_HEADER */
+            if (n - pos < 2 * UL_HEADER_LEN || pl[pos] != 0x04)
+                return GO_FULL;
+            long long length = be32(pl + pos + 2);
+            if (length < UL_HEADER_LEN)
+                return GO_FULL;
+            headers++;
+            added += length + UL_HEADER_LEN;
+            pdu = length;
+            pos += UL_HEADER_LEN;
+            goto pdv_header;
+        }
+    }
+
+    PyObject *counts = NULL;
+    long idx = 0;
+    if (headers) {
+        /* Connection._deliver on PDataTF: the machine must ignore it, and the association's
+         * P-DATA bytes must already be counted (its first P-DATA-TF notification was sent). */
+        PyObject *machine = PyObject_GetAttr(conn, s_machine);
+        if (machine == NULL)
+            return -1;
+        PyObject *mstate = PyObject_GetAttr(machine, s_machine_state);
+        PyObject *a = mstate ? PyObject_GetAttr(machine, s_current) : NULL;
+        Py_DECREF(machine);
+        if (a == NULL) {
+            Py_XDECREF(mstate);
+            return -1;
+        }
+        r = PySet_Contains(self->quiet_states, mstate);
+        Py_DECREF(mstate);
+        if (r != 1 || a == Py_None) {
+            Py_DECREF(a);
+            return r < 0 ? -1 : GO_FULL;
+        }
+        PyObject *outcome = PyObject_GetAttr(a, s_outcome);
+        PyObject *by_client = outcome ? PyObject_GetAttr(a, s_requestor_is_client) : NULL;
+        counts = by_client ? PyObject_GetAttr(a, s_pdata_bytes) : NULL;
+        Py_DECREF(a);
+        if (counts == NULL) {
+            Py_XDECREF(outcome);
+            Py_XDECREF(by_client);
+            return -1;
+        }
+        int usable = outcome == Py_None && PyBool_Check(by_client) && PyList_CheckExact(counts)
+                     && PyList_GET_SIZE(counts) == 2;
+        idx = ((d == 0) == (by_client == Py_True)) ? 0 : 1;
+        Py_DECREF(outcome);
+        Py_DECREF(by_client);
+        if (!usable) {
+            Py_DECREF(counts);
+            return GO_FULL;
+        }
+        PyObject *c0 = PyList_GET_ITEM(counts, 0), *c1 = PyList_GET_ITEM(counts, 1);
+        int first = PyLong_CheckExact(c0) && PyLong_CheckExact(c1) && !PyObject_IsTrue(c0) && !PyObject_IsTrue(c1);
+        if (first || !PyLong_CheckExact(PyList_GET_ITEM(counts, idx))) {
+            Py_DECREF(counts);
+            return GO_FULL;
+        }
+        if ((r = get_ll(framer, s_pdus, &pdus)) != 0) {
+            Py_DECREF(counts);
+            return r;
+        }
+    }
+
+    /* Commit, as feed() and _deliver() would have left things. */
+    int bad = set_ll(stream, s_next_seq, (long long)((seq + (uint32_t)n) & 0xFFFFFFFFu)) < 0
+              || set_ll(framer, s_state, state) < 0
+              || set_ll(framer, s_pdv_left, pdv) < 0
+              || set_ll(framer, s_pdu_left, pdu) < 0
+              || get_ll(framer, s_data_bytes, &data_bytes) != 0
+              || set_ll(framer, s_data_bytes, data_bytes + data) < 0
+              || (ended_pdv && set_ll(framer, s_need, UL_HEADER_LEN) < 0)
+              || (read_pdv && (set_ll(framer, s_pdv_context, context) < 0
+                               || PyObject_SetAttr(framer, s_pdv_last, (control & 0x02) ? Py_True : Py_False) < 0))
+              || (headers && (set_ll(framer, s_pdus, pdus + headers) < 0
+                              || PyObject_SetAttr(framer, s_start_ts, tsobj) < 0))
+              || PyObject_SetAttr(conn, s_last_ts, tsobj) < 0;
+    if (!bad && headers) {
+        long long before = PyLong_AsLongLong(PyList_GET_ITEM(counts, idx));
+        PyObject *v = (before == -1 && PyErr_Occurred()) ? NULL : PyLong_FromLongLong(before + added);
+        if (v == NULL)
+            bad = 1;
+        else
+            PyList_SetItem(counts, idx, v);  /* steals v */
+    }
+    Py_XDECREF(counts);
+    if (bad) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "probe._lane: a framer attribute changed type mid-commit");
+        return -1;
+    }
+    return 0;
+}
+
+/* The fast lane proper: 0 = done here, GO_FULL = hand to the full path, -1 = error. */
+static int
+lane_try(Lane *self, PyObject *tsobj, const unsigned char *p, Py_ssize_t len)
+{
+    Py_ssize_t off = self->offset;
+    if (len < off + 34)
+        return GO_FULL;
+    const unsigned char *ip = p + off;
+    if (ip[-2] != 0x08 || ip[-1] != 0x00 || ip[0] != 0x45 || ip[9] != 6)
+        return GO_FULL;
+    if (((ip[6] << 8) | ip[7]) & 0x3FFF)  /* a fragment */
+        return GO_FULL;
+    const unsigned char *tcp = ip + 20;
+    if ((tcp[13] & 0x07) || tcp[12] < 0x50)  /* FIN, SYN, RST; a data offset below 20 bytes */
+        return GO_FULL;
+    long total = (ip[2] << 8) | ip[3];
+    PyObject *key = PyBytes_FromStringAndSize((const char *)ip + 12, 12);
+    if (key == NULL)
+        return -1;
+    PyObject *entry = PyDict_GetItemWithError(self->fast, key);  /* borrowed */
+    Py_DECREF(key);
+    if (entry == NULL)
+        return PyErr_Occurred() ? -1 : GO_FULL;
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4)
+        return GO_FULL;
+    Py_INCREF(entry);  /* keep conn, stream, framer alive while attributes are set */
+    int rc = GO_FULL;
+    PyObject *conn = PyTuple_GET_ITEM(entry, 0);
+    PyObject *dobj = PyTuple_GET_ITEM(entry, 1);
+    PyObject *stream = PyTuple_GET_ITEM(entry, 2);
+    PyObject *other = PyTuple_GET_ITEM(entry, 3);
+    PyObject *framers = NULL, *framer = NULL;
+    int t = attr_true(other, s_ooo);
+    if (t != 0) {
+        rc = t < 0 ? -1 : GO_FULL;
+        goto done;
+    }
+    long n = total - 20 - ((tcp[12] >> 4) << 2);
+    if (n <= 0) {
+        rc = PyObject_SetAttr(conn, s_last_ts, tsobj) < 0 ? -1 : 0;
+        goto done;
+    }
+    if (!PyLong_CheckExact(dobj))
+        goto done;
+    long d = PyLong_AsLong(dobj);
+    if (d != 0 && d != 1) {
+        if (d == -1 && PyErr_Occurred())
+            rc = -1;
+        goto done;
+    }
+    framers = PyObject_GetAttr(conn, s_framers);
+    if (framers == NULL) {
+        rc = -1;
+        goto done;
+    }
+    PyObject *borrowed;
+    if (PyList_CheckExact(framers) && PyList_GET_SIZE(framers) == 2)
+        borrowed = PyList_GET_ITEM(framers, d);
+    else if (PyTuple_CheckExact(framers) && PyTuple_GET_SIZE(framers) == 2)
+        borrowed = PyTuple_GET_ITEM(framers, d);
+    else
+        goto done;
+    if (borrowed == Py_None)
+        goto done;
+    framer = borrowed;
+    Py_INCREF(framer);
+    long long state, pdv_left, pdu_left, data_bytes, next_seq;
+    int r;
+    uint32_t seq = ((uint32_t)tcp[4] << 24) | ((uint32_t)tcp[5] << 16) | ((uint32_t)tcp[6] << 8) | tcp[7];
+    if ((r = get_ll(stream, s_next_seq, &next_seq)) != 0 || next_seq != (long long)seq) {
+        rc = r < 0 ? -1 : GO_FULL;
+        goto done;
+    }
+    if ((t = attr_true(stream, s_ooo)) != 0 || off + total > len) {
+        rc = t < 0 ? -1 : GO_FULL;
+        goto done;
+    }
+    if ((r = get_ll(framer, s_state, &state)) != 0 || (r = get_ll(framer, s_pdv_left, &pdv_left)) != 0) {
+        rc = r < 0 ? -1 : GO_FULL;
+        goto done;
+    }
+    if (state != self->data_state || n >= pdv_left) {
+        if (self->pdu_framer != Py_None && (PyObject *)Py_TYPE(framer) == self->pdu_framer)
+            rc = lane_data(self, tsobj, conn, d, stream, framer, seq, tcp + ((tcp[12] >> 4) << 2), n);
+        goto done;
+    }
+    if ((r = get_ll(framer, s_pdu_left, &pdu_left)) != 0 || (r = get_ll(framer, s_data_bytes, &data_bytes)) != 0) {
+        rc = r < 0 ? -1 : GO_FULL;
+        goto done;
+    }
+    if (set_ll(stream, s_next_seq, (long long)((seq + (uint32_t)n) & 0xFFFFFFFFu)) < 0
+        || set_ll(framer, s_pdv_left, pdv_left - n) < 0
+        || set_ll(framer, s_pdu_left, pdu_left - n) < 0
+        || set_ll(framer, s_data_bytes, data_bytes + n) < 0
+        || PyObject_SetAttr(conn, s_last_ts, tsobj) < 0) {
+        rc = -1;
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(framer);
+    Py_XDECREF(framers);
+    Py_DECREF(entry);
+    return rc;
+}
+
+static PyObject *
+Lane_call(Lane *self, PyObject *args, PyObject *kwds)
+{
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) != 2 || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Lane(ts, frame) takes exactly two positional arguments");
+        return NULL;
+    }
+    PyObject *tsobj = PyTuple_GET_ITEM(args, 0);
+    PyObject *frame = PyTuple_GET_ITEM(args, 1);
+    double ts = PyFloat_AsDouble(tsobj);
+    if (ts == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!PyBytes_Check(frame)) {  /* not what libpcap hands us: count it, let the full path judge it */
+        Py_ssize_t size = PyObject_Length(frame);
+        if (size < 0)
+            return NULL;
+        self->packets++;
+        self->bytes += (unsigned long long)size;
+        if (ts > self->last_ts)
+            self->last_ts = ts;
+        return PyObject_Call(self->full, args, NULL);
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(frame);
+    self->packets++;
+    self->bytes += (unsigned long long)len;
+    if (ts > self->last_ts) {
+        self->last_ts = ts;
+        if (ts >= self->next_expiry)  /* idle timeouts are due: the full path runs them */
+            return PyObject_Call(self->full, args, NULL);
+    }
+    int rc = lane_try(self, tsobj, (const unsigned char *)PyBytes_AS_STRING(frame), len);
+    if (rc < 0)
+        return NULL;
+    if (rc == GO_FULL)
+        return PyObject_Call(self->full, args, NULL);
+    self->fast_frames++;
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef Lane_members[] = {
+    {"packets", T_ULONGLONG, offsetof(Lane, packets), 0, "frames seen (all of them, fast or not)"},
+    {"bytes", T_ULONGLONG, offsetof(Lane, bytes), 0, "bytes of the frames seen"},
+    {"fast_frames", T_ULONGLONG, offsetof(Lane, fast_frames), READONLY, "frames finished without the full path"},
+    {"last_ts", T_DOUBLE, offsetof(Lane, last_ts), 0, "latest frame timestamp seen"},
+    {"next_expiry", T_DOUBLE, offsetof(Lane, next_expiry), 0, "a frame at or after this time goes to the full path"},
+    {"offset", T_PYSSIZET, offsetof(Lane, offset), READONLY, "where the IPv4 header starts"},
+    {NULL}
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "probe._lane.Lane",
+    .tp_doc = PyDoc_STR("Lane(fast, offset, full, data_state, next_expiry=0.0): the compiled per-packet fast "
+                        "lane; call it as lane(ts, frame)."),
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lane_init,
+    .tp_dealloc = (destructor)Lane_dealloc,
+    .tp_traverse = (traverseproc)Lane_traverse,
+    .tp_clear = (inquiry)Lane_clear,
+    .tp_call = (ternaryfunc)Lane_call,
+    .tp_members = Lane_members,
+};
+
+static struct PyModuleDef lanemodule = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "probe._lane",
+    .m_doc = "The pipeline's per-packet fast lane in C (optional; probe/pipeline.py has the same in Python).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__lane(void)
+{
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_ooo, "_ooo");
+    INTERN(s_framers, "framers");
+    INTERN(s_state, "_state");
+    INTERN(s_pdv_left, "_pdv_left");
+    INTERN(s_pdu_left, "_pdu_left");
+    INTERN(s_data_bytes, "data_bytes");
+    INTERN(s_next_seq, "next_seq");
+    INTERN(s_last_ts, "last_ts");
+    INTERN(s_buf, "_buf");
+    INTERN(s_pdus, "pdus");
+    INTERN(s_need, "_need");
+    INTERN(s_start_ts, "_start_ts");
+    INTERN(s_pdv_context, "_pdv_context");
+    INTERN(s_pdv_last, "_pdv_last");
+    INTERN(s_closed, "closed");
+    INTERN(s_machine_state, "state");
+    INTERN(s_machine, "machine");
+    INTERN(s_current, "current");
+    INTERN(s_outcome, "outcome");
+    INTERN(s_pdata_bytes, "pdata_bytes");
+    INTERN(s_requestor_is_client, "requestor_is_client");
+#undef INTERN
+    if (PyType_Ready(&LaneType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&lanemodule);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&LaneType);
+    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
+        Py_DECREF(&LaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
