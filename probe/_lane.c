@@ -28,7 +28,7 @@
 
 static PyObject *s_ooo, *s_framers, *s_state, *s_pdv_left, *s_pdu_left, *s_data_bytes, *s_next_seq, *s_last_ts,
     *s_buf, *s_pdus, *s_need, *s_start_ts, *s_pdv_context, *s_pdv_last, *s_closed, *s_machine, *s_current,
-    *s_outcome, *s_pdata_bytes, *s_requestor_is_client, *s_machine_state;
+    *s_outcome, *s_pdata_bytes, *s_requestor_is_client, *s_machine_state, *s_max_command;
 
 typedef struct {
     PyObject_HEAD
@@ -38,6 +38,7 @@ typedef struct {
     long data_state;  /* the framers' "inside a data value" state */
     PyObject *pdu_framer;  /* probe.dicom.pdu.PduFramer, or None: no data-phase lane */
     PyObject *quiet_states;  /* association machine states in which a P-DATA-TF PDU changes nothing */
+    PyObject *commands;  /* commands(conn, from_client, [(context, last, value)], ts), or None */
     unsigned long long packets;
     unsigned long long bytes;
     unsigned long long fast_frames;  /* frames this lane finished itself */
@@ -53,6 +54,7 @@ Lane_dealloc(Lane *self)
     Py_CLEAR(self->full);
     Py_CLEAR(self->pdu_framer);
     Py_CLEAR(self->quiet_states);
+    Py_CLEAR(self->commands);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -63,6 +65,7 @@ Lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->full);
     Py_VISIT(self->pdu_framer);
     Py_VISIT(self->quiet_states);
+    Py_VISIT(self->commands);
     return 0;
 }
 
@@ -73,6 +76,7 @@ Lane_clear(Lane *self)
     Py_CLEAR(self->full);
     Py_CLEAR(self->pdu_framer);
     Py_CLEAR(self->quiet_states);
+    Py_CLEAR(self->commands);
     return 0;
 }
 
@@ -80,18 +84,22 @@ static int
 Lane_init(Lane *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"fast", "offset", "full", "data_state", "next_expiry", "pdu_framer", "quiet_states",
-                             NULL};
-    PyObject *fast, *full, *pdu_framer = Py_None, *quiet_states = NULL;
+                             "commands", NULL};
+    PyObject *fast, *full, *pdu_framer = Py_None, *quiet_states = NULL, *commands = NULL;
     Py_ssize_t offset;
     long data_state;
     double next_expiry = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nOl|dOO!", kwlist, &PyDict_Type, &fast, &offset, &full,
-                                     &data_state, &next_expiry, &pdu_framer, &PyFrozenSet_Type, &quiet_states))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nOl|dOO!O", kwlist, &PyDict_Type, &fast, &offset, &full,
+                                     &data_state, &next_expiry, &pdu_framer, &PyFrozenSet_Type, &quiet_states,
+                                     &commands))
         return -1;
-    if (pdu_framer != Py_None && (!PyType_Check(pdu_framer) || quiet_states == NULL)) {
-        PyErr_SetString(PyExc_TypeError, "pdu_framer must be a type, and comes with quiet_states");
+    if (pdu_framer != Py_None && (!PyType_Check(pdu_framer) || quiet_states == NULL || commands == NULL
+                                  || !PyCallable_Check(commands))) {
+        PyErr_SetString(PyExc_TypeError, "pdu_framer must be a type, and comes with quiet_states and commands()");
         return -1;
     }
+    Py_XINCREF(commands);
+    Py_XSETREF(self->commands, commands);
     Py_INCREF(pdu_framer);
     Py_XSETREF(self->pdu_framer, pdu_framer);
     Py_XINCREF(quiet_states);
@@ -179,18 +187,21 @@ be32(const unsigned char *b)
 }
 
 /* The data-phase lane: an in-order segment of an association in its data phase that the framer
- * (a PduFramer with nothing collected) would consume without any event but P-DATA-TF PDUs, i.e.
- * data PDV values, the PDV headers of data PDVs and whole P-DATA-TF headers, while the association
- * machine ignores P-DATA-TF (established, releasing) and the association already counts P-DATA
- * bytes. PduFramer.feed and Connection._deliver are simulated on locals; nothing is written unless
- * the whole payload passes, so any other case goes to the full path untouched. 0 = done here,
- * GO_FULL, -1 = error. */
+ * (a PduFramer with nothing collected) would consume with no event but P-DATA-TF PDUs and whole
+ * command PDVs: data PDV values, PDV headers, whole P-DATA-TF headers and command values complete
+ * in this segment, while the association machine ignores P-DATA-TF (established, releasing) and
+ * the association already counts P-DATA bytes. PduFramer.feed and Connection._deliver are simulated
+ * on locals; nothing is written unless the whole payload passes, so any other case goes to the full
+ * path untouched. Command values are then handed to Python, commands(conn, from_client, [(context,
+ * last, value), ...], ts), which gives them to the association machine as _deliver would.
+ * 0 = done here, GO_FULL, -1 = error. */
 static int
 lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream, PyObject *framer, uint32_t seq,
           const unsigned char *pl, long n)
 {
-    long long state, pdu, pdv, data_bytes, pdus;
-    int r;
+    long long state, pdu, pdv, data_bytes, pdus = 0, max_command = -1;
+    int r, rc = GO_FULL;
+    PyObject *counts = NULL, *cmds = NULL;
     if ((r = get_ll(framer, s_state, &state)) != 0)
         return r;
     if ((r = get_ll(framer, s_pdu_left, &pdu)) != 0 || (r = get_ll(framer, s_pdv_left, &pdv)) != 0)
@@ -226,11 +237,11 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
                 else if (pdu == 0)
                     state = F_HEADER;
                 else
-                    return GO_FULL;  /* 1-5 bytes left: a framing error, the full path reports it */
+                    goto out;  /* 1-5 bytes left: a framing error, the full path reports it */
             }
         } else if (state == F_PDV_HEADER) {
             if (n - pos < UL_HEADER_LEN)
-                return GO_FULL;
+                goto out;
         pdv_header:
             {
                 long long value_len = (long long)be32(pl + pos) - 2;
@@ -238,9 +249,34 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
                 control = pl[pos + 5];
                 pos += UL_HEADER_LEN;
                 pdu -= UL_HEADER_LEN;
-                if (value_len < 0 || value_len > pdu || (control & 0x01))
-                    return GO_FULL;  /* malformed, or a command: the full path */
+                if (value_len < 0 || value_len > pdu)
+                    goto out;  /* malformed: the full path reports it */
                 read_pdv = 1;
+                if (control & 0x01) {  /* a command value: only whole in this segment */
+                    if (value_len > n - pos)
+                        goto out;
+                    if (max_command < 0 && (r = get_ll(framer, s_max_command, &max_command)) != 0) {
+                        rc = r;
+                        goto out;
+                    }
+                    if (value_len > max_command)
+                        goto out;
+                    if (cmds == NULL && (cmds = PyList_New(0)) == NULL) {
+                        rc = -1;
+                        goto out;
+                    }
+                    PyObject *item = Py_BuildValue("(lOy#)", context, (control & 0x02) ? Py_True : Py_False,
+                                                   (const char *)pl + pos, (Py_ssize_t)value_len);
+                    if (item == NULL || PyList_Append(cmds, item) < 0) {
+                        Py_XDECREF(item);
+                        rc = -1;
+                        goto out;
+                    }
+                    Py_DECREF(item);
+                    pos += (long)value_len;
+                    pdu -= value_len;
+                    goto end_pdv;
+                }
                 state = F_DATA;
                 pdv = value_len;
                 if (value_len == 0)
@@ -248,10 +284,10 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
             }
         } else {  /* F_HEADER */
             if (n - pos < 2 * UL_HEADER_LEN || pl[pos] != 0x04)
-                return GO_FULL;
+                goto out;
             long long length = be32(pl + pos + 2);
             if (length < UL_HEADER_LEN)
-                return GO_FULL;
+                goto out;
             headers++;
             added += length + UL_HEADER_LEN;
             pdu = length;
@@ -260,88 +296,102 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
         }
     }
 
-    PyObject *counts = NULL;
     long idx = 0;
-    if (headers) {
-        /* Connection._deliver on PDataTF: the machine must ignore it, and the association's
-         * P-DATA bytes must already be counted (its first P-DATA-TF notification was sent). */
+    if (headers || cmds) {
+        /* The association machine must ignore P-DATA-TF (and so be past the set-up) ... */
         PyObject *machine = PyObject_GetAttr(conn, s_machine);
-        if (machine == NULL)
-            return -1;
+        if (machine == NULL) {
+            rc = -1;
+            goto out;
+        }
         PyObject *mstate = PyObject_GetAttr(machine, s_machine_state);
         PyObject *a = mstate ? PyObject_GetAttr(machine, s_current) : NULL;
         Py_DECREF(machine);
         if (a == NULL) {
             Py_XDECREF(mstate);
-            return -1;
+            rc = -1;
+            goto out;
         }
         r = PySet_Contains(self->quiet_states, mstate);
         Py_DECREF(mstate);
         if (r != 1 || a == Py_None) {
             Py_DECREF(a);
-            return r < 0 ? -1 : GO_FULL;
+            rc = r < 0 ? -1 : GO_FULL;
+            goto out;
         }
-        PyObject *outcome = PyObject_GetAttr(a, s_outcome);
-        PyObject *by_client = outcome ? PyObject_GetAttr(a, s_requestor_is_client) : NULL;
-        counts = by_client ? PyObject_GetAttr(a, s_pdata_bytes) : NULL;
-        Py_DECREF(a);
-        if (counts == NULL) {
-            Py_XDECREF(outcome);
-            Py_XDECREF(by_client);
-            return -1;
-        }
-        int usable = outcome == Py_None && PyBool_Check(by_client) && PyList_CheckExact(counts)
-                     && PyList_GET_SIZE(counts) == 2;
-        idx = ((d == 0) == (by_client == Py_True)) ? 0 : 1;
-        Py_DECREF(outcome);
-        Py_DECREF(by_client);
-        if (!usable) {
-            Py_DECREF(counts);
-            return GO_FULL;
-        }
-        PyObject *c0 = PyList_GET_ITEM(counts, 0), *c1 = PyList_GET_ITEM(counts, 1);
-        int first = PyLong_CheckExact(c0) && PyLong_CheckExact(c1) && !PyObject_IsTrue(c0) && !PyObject_IsTrue(c1);
-        if (first || !PyLong_CheckExact(PyList_GET_ITEM(counts, idx))) {
-            Py_DECREF(counts);
-            return GO_FULL;
-        }
-        if ((r = get_ll(framer, s_pdus, &pdus)) != 0) {
-            Py_DECREF(counts);
-            return r;
+        if (headers) {
+            /* ... and, for P-DATA-TF headers, the association must already count its P-DATA bytes
+             * (its first P-DATA-TF notification was sent), as Connection._deliver does. */
+            PyObject *outcome = PyObject_GetAttr(a, s_outcome);
+            PyObject *by_client = outcome ? PyObject_GetAttr(a, s_requestor_is_client) : NULL;
+            counts = by_client ? PyObject_GetAttr(a, s_pdata_bytes) : NULL;
+            Py_DECREF(a);
+            if (counts == NULL) {
+                Py_XDECREF(outcome);
+                Py_XDECREF(by_client);
+                rc = -1;
+                goto out;
+            }
+            int usable = outcome == Py_None && PyBool_Check(by_client) && PyList_CheckExact(counts)
+                         && PyList_GET_SIZE(counts) == 2;
+            idx = ((d == 0) == (by_client == Py_True)) ? 0 : 1;
+            Py_DECREF(outcome);
+            Py_DECREF(by_client);
+            if (!usable)
+                goto out;
+            PyObject *c0 = PyList_GET_ITEM(counts, 0), *c1 = PyList_GET_ITEM(counts, 1);
+            int first = PyLong_CheckExact(c0) && PyLong_CheckExact(c1) && !PyObject_IsTrue(c0) && !PyObject_IsTrue(c1);
+            if (first || !PyLong_CheckExact(PyList_GET_ITEM(counts, idx)))
+                goto out;
+            if ((r = get_ll(framer, s_pdus, &pdus)) != 0) {
+                rc = r;
+                goto out;
+            }
+        } else {
+            Py_DECREF(a);
         }
     }
 
     /* Commit, as feed() and _deliver() would have left things. */
-    int bad = set_ll(stream, s_next_seq, (long long)((seq + (uint32_t)n) & 0xFFFFFFFFu)) < 0
-              || set_ll(framer, s_state, state) < 0
-              || set_ll(framer, s_pdv_left, pdv) < 0
-              || set_ll(framer, s_pdu_left, pdu) < 0
-              || get_ll(framer, s_data_bytes, &data_bytes) != 0
-              || set_ll(framer, s_data_bytes, data_bytes + data) < 0
-              || (ended_pdv && set_ll(framer, s_need, UL_HEADER_LEN) < 0)
-              || (read_pdv && (set_ll(framer, s_pdv_context, context) < 0
-                               || PyObject_SetAttr(framer, s_pdv_last, (control & 0x02) ? Py_True : Py_False) < 0))
-              || (headers && (set_ll(framer, s_pdus, pdus + headers) < 0
-                              || PyObject_SetAttr(framer, s_start_ts, tsobj) < 0))
-              || PyObject_SetAttr(conn, s_last_ts, tsobj) < 0;
-    if (!bad && headers) {
+    rc = -1;
+    if (set_ll(stream, s_next_seq, (long long)((seq + (uint32_t)n) & 0xFFFFFFFFu)) < 0
+        || set_ll(framer, s_state, state) < 0
+        || set_ll(framer, s_pdv_left, pdv) < 0
+        || set_ll(framer, s_pdu_left, pdu) < 0
+        || get_ll(framer, s_data_bytes, &data_bytes) != 0
+        || set_ll(framer, s_data_bytes, data_bytes + data) < 0
+        || (ended_pdv && set_ll(framer, s_need, UL_HEADER_LEN) < 0)
+        || (read_pdv && (set_ll(framer, s_pdv_context, context) < 0
+                         || PyObject_SetAttr(framer, s_pdv_last, (control & 0x02) ? Py_True : Py_False) < 0))
+        || (headers && (set_ll(framer, s_pdus, pdus + headers) < 0
+                        || PyObject_SetAttr(framer, s_start_ts, tsobj) < 0))
+        || PyObject_SetAttr(conn, s_last_ts, tsobj) < 0)
+        goto failed;
+    if (headers) {
         long long before = PyLong_AsLongLong(PyList_GET_ITEM(counts, idx));
         PyObject *v = (before == -1 && PyErr_Occurred()) ? NULL : PyLong_FromLongLong(before + added);
         if (v == NULL)
-            bad = 1;
-        else
-            PyList_SetItem(counts, idx, v);  /* steals v */
+            goto failed;
+        PyList_SetItem(counts, idx, v);  /* steals v */
     }
+    if (cmds) {
+        PyObject *res = PyObject_CallFunctionObjArgs(self->commands, conn, d == 0 ? Py_True : Py_False, cmds, tsobj,
+                                                     NULL);
+        if (res == NULL)
+            goto out;  /* the exception propagates */
+        Py_DECREF(res);
+    }
+    rc = 0;
+    goto out;
+failed:
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "probe._lane: a framer attribute changed type mid-commit");
+out:
     Py_XDECREF(counts);
-    if (bad) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "probe._lane: a framer attribute changed type mid-commit");
-        return -1;
-    }
-    return 0;
+    Py_XDECREF(cmds);
+    return rc;
 }
 
-/* The fast lane proper: 0 = done here, GO_FULL = hand to the full path, -1 = error. */
 static int
 lane_try(Lane *self, PyObject *tsobj, const unsigned char *p, Py_ssize_t len)
 {
@@ -499,8 +549,8 @@ static PyMemberDef Lane_members[] = {
 static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "probe._lane.Lane",
-    .tp_doc = PyDoc_STR("Lane(fast, offset, full, data_state, next_expiry=0.0): the compiled per-packet fast "
-                        "lane; call it as lane(ts, frame)."),
+    .tp_doc = PyDoc_STR("Lane(fast, offset, full, data_state, next_expiry=0.0, pdu_framer=None, quiet_states=None, "
+                        "commands=None): the compiled per-packet fast lane; call it as lane(ts, frame)."),
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
@@ -539,6 +589,7 @@ PyInit__lane(void)
     INTERN(s_pdv_last, "_pdv_last");
     INTERN(s_closed, "closed");
     INTERN(s_machine_state, "state");
+    INTERN(s_max_command, "_max_command");
     INTERN(s_machine, "machine");
     INTERN(s_current, "current");
     INTERN(s_outcome, "outcome");

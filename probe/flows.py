@@ -105,11 +105,7 @@ class FlowTable:
                     return
             else:
                 conn.segment(from_client, seq, ack, flags, payload, ts, out)
-                key = id(conn)
-                if key in self._unanswered and conn.answered:
-                    del self._unanswered[key]
-                if conn.closed:
-                    self._closed(conn, ts)
+                self._after(conn, ts)
                 return
         hs = self._handshakes
         if hs:
@@ -131,8 +127,7 @@ class FlowTable:
                         conn.streams[d].next_seq = (pending.isn[d] + 1) & _MASK
                         conn.syn_seen[d] = True
                 conn.segment(from_client, seq, ack, flags, payload, ts, out)
-                if conn.closed:
-                    self._closed(conn, ts)
+                self._after(conn, ts)
                 return
         if not payload:
             if not flags & TCP_SYN:
@@ -162,6 +157,15 @@ class FlowTable:
         else:
             conn = self._new(dst, dport, src, sport, ts, from_syn=bool(flags & TCP_SYN), fwd_is_client=False)
         conn.segment(src_is_client, seq, ack, flags, payload, ts, out)
+        self._after(conn, ts)
+
+    def _after(self, conn: Connection, ts: float) -> None:
+        """Bookkeeping after a connection took a segment. An answered connection leaves the
+        unanswered list here, whichever segment answered it: later segments may all take the
+        pipeline's fast lane, which does not come back here."""
+        key = id(conn)
+        if key in self._unanswered and conn.answered:
+            del self._unanswered[key]
         if conn.closed:
             self._closed(conn, ts)
 

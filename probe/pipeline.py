@@ -100,7 +100,7 @@ class Pipeline:
         if _lane is None or decoder.fast_offset < 0:
             return partial(self.packet, decoder)
         lane = _lane.Lane(self.flows.fast, decoder.fast_offset, partial(self._full, decoder), _DATA,
-                          self._next_expiry, P.PduFramer, _QUIET_STATES)
+                          self._next_expiry, P.PduFramer, _QUIET_STATES, self._commands)
         self._lanes.append(lane)
         return lane
 
@@ -145,6 +145,16 @@ class Pipeline:
         if ts >= self._next_expiry:
             self._expire(ts)
         self._decode(decoder, ts, frame)
+
+    def _commands(self, conn: C.Connection, from_client: bool, commands: list, ts: float) -> None:
+        """Whole command PDVs a compiled lane framed in an established association's data phase, as
+        ``(context_id, last, value)``: to the association machine, as Connection._deliver does."""
+        machine, out = conn.machine, self._out
+        for context_id, last, value in commands:
+            machine.command(P.CommandFragment(ts, context_id, last, value), from_client, out)
+        if out:
+            self._handle(out)
+            out.clear()
 
     def _expire(self, ts: float) -> None:
         self._next_expiry = ts + 1.0

@@ -201,3 +201,16 @@ def test_a_reused_4_tuple_counts_the_old_connection_closed_once():
     t.segment(seg(False, 501, 101 + len(RQ), TCP_ACK | TCP_RST, RJ), 1.01, out)
     handshake(t, out, ts=2.0)  # the same 4-tuple again while the closed one lingers
     assert t.evicted == {"closed": 1} and len(t) == 1 and t.active == 1
+
+
+def test_a_connection_answered_by_its_first_segment_leaves_the_unanswered_list():
+    """Picked up mid-way, a connection whose first payload is already P-DATA is answered at once
+    (the machine adopts an established association); it must not wait for a later segment to leave
+    the list that pressure eviction empties first, since later segments may all take the fast lane."""
+    t, out = FlowTable(), []
+    pdv = struct.pack(">IBB", 2 + 4, 1, 0x00) + b"data"
+    pdata = struct.pack(">BxI", 4, len(pdv)) + pdv
+    t.segment(seg(True, 7000, 900, TCP_ACK, pdata), 1.0, out)
+    (conn,) = {c for c, _ in t._table.values()}
+    assert conn.machine.state == A.ESTABLISHED and conn.answered
+    assert not t._unanswered
