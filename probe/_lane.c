@@ -25,6 +25,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <stdint.h>
+#include <string.h>
 
 static PyObject *s_ooo, *s_framers, *s_state, *s_pdv_left, *s_pdu_left, *s_data_bytes, *s_next_seq, *s_last_ts,
     *s_buf, *s_pdus, *s_need, *s_start_ts, *s_pdv_context, *s_pdv_last, *s_closed, *s_machine, *s_current,
@@ -177,7 +178,7 @@ attr_true(PyObject *obj, PyObject *name)
 #define GO_FULL 1
 
 /* States of probe.dicom.pdu.PduFramer (checked against the module by tests/test_accel.py). */
-enum { F_HEADER = 0, F_PDV_HEADER = 2, F_DATA = 3 };
+enum { F_HEADER = 0, F_PDV_HEADER = 2, F_DATA = 3, F_COMMAND = 4 };
 #define UL_HEADER_LEN 6
 
 static inline uint32_t
@@ -186,118 +187,251 @@ be32(const unsigned char *b)
     return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
 }
 
+/* Bytes being collected (a header or a command value split across segments). */
+typedef struct {
+    unsigned char *p;
+    Py_ssize_t len, cap;
+    unsigned char small[256];
+} Collect;
+
+static int
+collect_add(Collect *c, const unsigned char *src, Py_ssize_t k)
+{
+    if (c->len + k > c->cap) {
+        Py_ssize_t cap = (c->len + k) * 2;
+        unsigned char *p = PyMem_Malloc((size_t)cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(p, c->p, (size_t)c->len);
+        if (c->p != c->small)
+            PyMem_Free(c->p);
+        c->p = p;
+        c->cap = cap;
+    }
+    memcpy(c->p + c->len, src, (size_t)k);
+    c->len += k;
+    return 0;
+}
+
+/* PduFramer.feed, for the P-DATA part of the protocol, on locals. */
+typedef struct {
+    long long state, pdu, pdv, need, max_command;
+    long context;
+    int last, need_set, read_pdv, start_ts, collected;
+    long long headers, added, data;
+    PyObject *framer;  /* read lazily: _max_command */
+    PyObject *cmds;  /* [(context, last, value)] or NULL */
+    Collect buf;
+} Sim;
+
+static int
+sim_end_pdv(Sim *s)
+{
+    if (s->pdu >= UL_HEADER_LEN)
+        s->state = F_PDV_HEADER;
+    else if (s->pdu == 0)
+        s->state = F_HEADER;
+    else
+        return GO_FULL;  /* 1-5 bytes left: a framing error, the full path reports it */
+    s->need = UL_HEADER_LEN;
+    s->need_set = 1;
+    return 0;
+}
+
+static int
+sim_command(Sim *s, const unsigned char *value, Py_ssize_t k)
+{
+    if (s->cmds == NULL && (s->cmds = PyList_New(0)) == NULL)
+        return -1;
+    PyObject *item = Py_BuildValue("(lOy#)", s->context, s->last ? Py_True : Py_False, (const char *)value, k);
+    if (item == NULL)
+        return -1;
+    int r = PyList_Append(s->cmds, item);
+    Py_DECREF(item);
+    return r;
+}
+
+/* PduFramer._pdv_at: a PDV header; a command value whole in the `avail` bytes after it is taken
+ * from there (*used). */
+static int
+sim_pdv_at(Sim *s, const unsigned char *hdr, const unsigned char *after, Py_ssize_t avail, Py_ssize_t *used)
+{
+    *used = 0;
+    long long value_len = (long long)be32(hdr) - 2;
+    s->pdu -= UL_HEADER_LEN;
+    if (value_len < 0 || value_len > s->pdu)
+        return GO_FULL;  /* malformed: the full path reports it */
+    s->context = hdr[4];
+    s->last = (hdr[5] & 0x02) != 0;
+    s->read_pdv = 1;
+    if (hdr[5] & 0x01) {
+        if (s->max_command < 0) {
+            int r = get_ll(s->framer, s_max_command, &s->max_command);
+            if (r != 0)
+                return r;
+        }
+        if (value_len > s->max_command)
+            return GO_FULL;
+        if (value_len <= avail) {
+            if (sim_command(s, after, (Py_ssize_t)value_len) < 0)
+                return -1;
+            *used = (Py_ssize_t)value_len;
+            s->pdu -= value_len;
+            return sim_end_pdv(s);
+        }
+        s->state = F_COMMAND;
+        s->need = value_len;
+        s->need_set = 1;
+        return 0;
+    }
+    s->state = F_DATA;
+    s->pdv = value_len;
+    return value_len == 0 ? sim_end_pdv(s) : 0;
+}
+
+/* The framer over one segment's payload; 0 when all of it was consumed the ways above. */
+static int
+sim_feed(Sim *s, const unsigned char *pl, Py_ssize_t n)
+{
+    Py_ssize_t pos = 0, used;
+    int r;
+    while (pos < n) {
+        if (s->state == F_DATA) {
+            long long take = s->pdv < n - pos ? s->pdv : n - pos;
+            pos += (Py_ssize_t)take;
+            s->pdv -= take;
+            s->pdu -= take;
+            s->data += take;
+            if (s->pdv == 0 && (r = sim_end_pdv(s)) != 0)
+                return r;
+        } else if (s->state == F_PDV_HEADER && s->buf.len == 0 && n - pos >= UL_HEADER_LEN) {
+            r = sim_pdv_at(s, pl + pos, pl + pos + UL_HEADER_LEN, n - pos - UL_HEADER_LEN, &used);
+            pos += UL_HEADER_LEN + used;
+            if (r != 0)
+                return r;
+        } else if (s->state == F_HEADER && s->buf.len == 0 && n - pos >= 2 * UL_HEADER_LEN && pl[pos] == 0x04) {
+            /* a P-DATA-TF header and its first PDV header whole here (the usual case) */
+            long long length = be32(pl + pos + 2);
+            if (length < UL_HEADER_LEN)
+                return GO_FULL;
+            s->start_ts = 1;
+            s->headers++;
+            s->added += length + UL_HEADER_LEN;
+            s->pdu = length;
+            pos += UL_HEADER_LEN;
+            r = sim_pdv_at(s, pl + pos, pl + pos + UL_HEADER_LEN, n - pos - UL_HEADER_LEN, &used);
+            pos += UL_HEADER_LEN + used;
+            if (r != 0)
+                return r;
+        } else if (s->state == F_HEADER || s->state == F_PDV_HEADER || s->state == F_COMMAND) {
+            /* collecting */
+            if (s->buf.len == 0 && s->state == F_HEADER)
+                s->start_ts = 1;
+            Py_ssize_t take = (Py_ssize_t)(s->need - s->buf.len);
+            if (take > n - pos)
+                take = n - pos;
+            if (take < 0)
+                return GO_FULL;
+            if (collect_add(&s->buf, pl + pos, take) < 0)
+                return -1;
+            s->collected = 1;
+            pos += take;
+            if (s->buf.len < s->need)
+                continue;
+            if (s->state == F_HEADER) {
+                if (s->buf.p[0] != 0x04)
+                    return GO_FULL;  /* a control PDU (or junk): the full path */
+                long long length = be32(s->buf.p + 2);
+                s->headers++;
+                s->added += length + UL_HEADER_LEN;
+                s->buf.len = 0;
+                s->pdu = length;
+                if (length < UL_HEADER_LEN)
+                    return GO_FULL;
+                s->state = F_PDV_HEADER;
+                s->need = UL_HEADER_LEN;
+                s->need_set = 1;
+            } else if (s->state == F_PDV_HEADER) {
+                unsigned char hdr[UL_HEADER_LEN];
+                memcpy(hdr, s->buf.p, UL_HEADER_LEN);
+                s->buf.len = 0;
+                if ((r = sim_pdv_at(s, hdr, NULL, 0, &used)) != 0)
+                    return r;
+            } else {
+                if (sim_command(s, s->buf.p, s->buf.len) < 0)
+                    return -1;
+                s->pdu -= s->buf.len;
+                s->buf.len = 0;
+                if ((r = sim_end_pdv(s)) != 0)
+                    return r;
+            }
+        } else {
+            return GO_FULL;
+        }
+    }
+    return 0;
+}
+
 /* The data-phase lane: an in-order segment of an association in its data phase that the framer
- * (a PduFramer with nothing collected) would consume with no event but P-DATA-TF PDUs and whole
- * command PDVs: data PDV values, PDV headers, whole P-DATA-TF headers and command values complete
- * in this segment, while the association machine ignores P-DATA-TF (established, releasing) and
- * the association already counts P-DATA bytes. PduFramer.feed and Connection._deliver are simulated
- * on locals; nothing is written unless the whole payload passes, so any other case goes to the full
- * path untouched. Command values are then handed to Python, commands(conn, from_client, [(context,
- * last, value), ...], ts), which gives them to the association machine as _deliver would.
- * 0 = done here, GO_FULL, -1 = error. */
+ * (a PduFramer) would consume with no event but P-DATA-TF PDUs and command values: data values,
+ * PDV headers, P-DATA-TF headers and command values (each possibly split across segments), while
+ * the association machine ignores P-DATA-TF (established, releasing) and the association already
+ * counts P-DATA bytes. PduFramer.feed and Connection._deliver are simulated on locals; nothing is
+ * written unless the whole payload passes, so any other case (control PDUs, malformed lengths, the
+ * first P-DATA-TF) goes to the full path untouched. Complete command values are then handed to
+ * Python, commands(conn, from_client, [(context, last, value), ...], ts), which gives them to the
+ * association machine as _deliver would. 0 = done here, GO_FULL, -1 = error. */
 static int
 lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream, PyObject *framer, uint32_t seq,
           const unsigned char *pl, long n)
 {
-    long long state, pdu, pdv, data_bytes, pdus = 0, max_command = -1;
+    Sim s;
+    memset(&s, 0, sizeof(s));
+    s.buf.p = s.buf.small;
+    s.buf.cap = sizeof(s.buf.small);
+    s.max_command = -1;
+    s.framer = framer;
+    long long data_bytes, pdus = 0, pdv_context = 0;
     int r, rc = GO_FULL;
-    PyObject *counts = NULL, *cmds = NULL;
-    if ((r = get_ll(framer, s_state, &state)) != 0)
+    PyObject *counts = NULL, *buf = NULL;
+    if ((r = get_ll(framer, s_state, &s.state)) != 0)
         return r;
-    if ((r = get_ll(framer, s_pdu_left, &pdu)) != 0 || (r = get_ll(framer, s_pdv_left, &pdv)) != 0)
+    if (s.state != F_DATA && s.state != F_PDV_HEADER && s.state != F_HEADER && s.state != F_COMMAND)
+        return GO_FULL;
+    if ((r = get_ll(framer, s_pdu_left, &s.pdu)) != 0 || (r = get_ll(framer, s_pdv_left, &s.pdv)) != 0
+        || (r = get_ll(framer, s_need, &s.need)) != 0)
         return r;
-    if (state != F_DATA && state != F_PDV_HEADER && state != F_HEADER)
+    if ((s.state == F_HEADER || s.state == F_PDV_HEADER) && s.need != UL_HEADER_LEN)
         return GO_FULL;
     if ((r = attr_true(conn, s_closed)) != 0)  /* the flow table ignores a closed connection's segments */
         return r < 0 ? -1 : GO_FULL;
-    PyObject *buf = PyObject_GetAttr(framer, s_buf);
+    if (s.state == F_COMMAND) {  /* a command value being collected: its PDV header was read before */
+        if ((r = get_ll(framer, s_pdv_context, &pdv_context)) != 0)
+            return r;
+        s.context = (long)pdv_context;
+        if ((r = attr_true(framer, s_pdv_last)) < 0)
+            return -1;
+        s.last = r;
+    }
+    buf = PyObject_GetAttr(framer, s_buf);
     if (buf == NULL)
         return -1;
-    Py_ssize_t buffered = PyByteArray_Check(buf) ? PyByteArray_GET_SIZE(buf) : -1;
-    Py_DECREF(buf);
-    if (buffered != 0)
-        return GO_FULL;
+    if (!PyByteArray_CheckExact(buf) || PyByteArray_GET_SIZE(buf) > s.need)
+        goto out;
+    if (collect_add(&s.buf, (const unsigned char *)PyByteArray_AS_STRING(buf), PyByteArray_GET_SIZE(buf)) < 0) {
+        rc = -1;
+        goto out;
+    }
 
-    long pos = 0;
-    long long added = 0, data = 0, headers = 0;
-    int ended_pdv = 0, read_pdv = 0;
-    long context = 0, control = 0;
-    while (pos < n) {
-        if (state == F_DATA) {
-            long long take = pdv < n - pos ? pdv : n - pos;
-            pos += (long)take;
-            pdv -= take;
-            pdu -= take;
-            data += take;
-            if (pdv == 0) {
-            end_pdv:
-                ended_pdv = 1;
-                if (pdu >= UL_HEADER_LEN)
-                    state = F_PDV_HEADER;
-                else if (pdu == 0)
-                    state = F_HEADER;
-                else
-                    goto out;  /* 1-5 bytes left: a framing error, the full path reports it */
-            }
-        } else if (state == F_PDV_HEADER) {
-            if (n - pos < UL_HEADER_LEN)
-                goto out;
-        pdv_header:
-            {
-                long long value_len = (long long)be32(pl + pos) - 2;
-                context = pl[pos + 4];
-                control = pl[pos + 5];
-                pos += UL_HEADER_LEN;
-                pdu -= UL_HEADER_LEN;
-                if (value_len < 0 || value_len > pdu)
-                    goto out;  /* malformed: the full path reports it */
-                read_pdv = 1;
-                if (control & 0x01) {  /* a command value: only whole in this segment */
-                    if (value_len > n - pos)
-                        goto out;
-                    if (max_command < 0 && (r = get_ll(framer, s_max_command, &max_command)) != 0) {
-                        rc = r;
-                        goto out;
-                    }
-                    if (value_len > max_command)
-                        goto out;
-                    if (cmds == NULL && (cmds = PyList_New(0)) == NULL) {
-                        rc = -1;
-                        goto out;
-                    }
-                    PyObject *item = Py_BuildValue("(lOy#)", context, (control & 0x02) ? Py_True : Py_False,
-                                                   (const char *)pl + pos, (Py_ssize_t)value_len);
-                    if (item == NULL || PyList_Append(cmds, item) < 0) {
-                        Py_XDECREF(item);
-                        rc = -1;
-                        goto out;
-                    }
-                    Py_DECREF(item);
-                    pos += (long)value_len;
-                    pdu -= value_len;
-                    goto end_pdv;
-                }
-                state = F_DATA;
-                pdv = value_len;
-                if (value_len == 0)
-                    goto end_pdv;
-            }
-        } else {  /* F_HEADER */
-            if (n - pos < 2 * UL_HEADER_LEN || pl[pos] != 0x04)
-                goto out;
-            long long length = be32(pl + pos + 2);
-            if (length < UL_HEADER_LEN)
-                goto out;
-            headers++;
-            added += length + UL_HEADER_LEN;
-            pdu = length;
-            pos += UL_HEADER_LEN;
-            goto pdv_header;
-        }
+    if ((r = sim_feed(&s, pl, n)) != 0) {
+        rc = r;
+        goto out;
     }
 
     long idx = 0;
-    if (headers || cmds) {
+    if (s.headers || s.cmds) {
         /* The association machine must ignore P-DATA-TF (and so be past the set-up) ... */
         PyObject *machine = PyObject_GetAttr(conn, s_machine);
         if (machine == NULL) {
@@ -319,7 +453,7 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
             rc = r < 0 ? -1 : GO_FULL;
             goto out;
         }
-        if (headers) {
+        if (s.headers) {
             /* ... and, for P-DATA-TF headers, the association must already count its P-DATA bytes
              * (its first P-DATA-TF notification was sent), as Connection._deliver does. */
             PyObject *outcome = PyObject_GetAttr(a, s_outcome);
@@ -355,27 +489,33 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
     /* Commit, as feed() and _deliver() would have left things. */
     rc = -1;
     if (set_ll(stream, s_next_seq, (long long)((seq + (uint32_t)n) & 0xFFFFFFFFu)) < 0
-        || set_ll(framer, s_state, state) < 0
-        || set_ll(framer, s_pdv_left, pdv) < 0
-        || set_ll(framer, s_pdu_left, pdu) < 0
+        || set_ll(framer, s_state, s.state) < 0
+        || set_ll(framer, s_pdv_left, s.pdv) < 0
+        || set_ll(framer, s_pdu_left, s.pdu) < 0
         || get_ll(framer, s_data_bytes, &data_bytes) != 0
-        || set_ll(framer, s_data_bytes, data_bytes + data) < 0
-        || (ended_pdv && set_ll(framer, s_need, UL_HEADER_LEN) < 0)
-        || (read_pdv && (set_ll(framer, s_pdv_context, context) < 0
-                         || PyObject_SetAttr(framer, s_pdv_last, (control & 0x02) ? Py_True : Py_False) < 0))
-        || (headers && (set_ll(framer, s_pdus, pdus + headers) < 0
-                        || PyObject_SetAttr(framer, s_start_ts, tsobj) < 0))
+        || set_ll(framer, s_data_bytes, data_bytes + s.data) < 0
+        || (s.need_set && set_ll(framer, s_need, s.need) < 0)
+        || (s.read_pdv && (set_ll(framer, s_pdv_context, s.context) < 0
+                           || PyObject_SetAttr(framer, s_pdv_last, s.last ? Py_True : Py_False) < 0))
+        || (s.headers && set_ll(framer, s_pdus, pdus + s.headers) < 0)
+        || (s.start_ts && PyObject_SetAttr(framer, s_start_ts, tsobj) < 0)
         || PyObject_SetAttr(conn, s_last_ts, tsobj) < 0)
         goto failed;
-    if (headers) {
+    if (s.collected || PyByteArray_GET_SIZE(buf) != s.buf.len) {
+        if (PyByteArray_Resize(buf, s.buf.len) < 0)
+            goto out;
+        if (s.buf.len)
+            memcpy(PyByteArray_AS_STRING(buf), s.buf.p, (size_t)s.buf.len);
+    }
+    if (s.headers) {
         long long before = PyLong_AsLongLong(PyList_GET_ITEM(counts, idx));
-        PyObject *v = (before == -1 && PyErr_Occurred()) ? NULL : PyLong_FromLongLong(before + added);
+        PyObject *v = (before == -1 && PyErr_Occurred()) ? NULL : PyLong_FromLongLong(before + s.added);
         if (v == NULL)
             goto failed;
         PyList_SetItem(counts, idx, v);  /* steals v */
     }
-    if (cmds) {
-        PyObject *res = PyObject_CallFunctionObjArgs(self->commands, conn, d == 0 ? Py_True : Py_False, cmds, tsobj,
+    if (s.cmds) {
+        PyObject *res = PyObject_CallFunctionObjArgs(self->commands, conn, d == 0 ? Py_True : Py_False, s.cmds, tsobj,
                                                      NULL);
         if (res == NULL)
             goto out;  /* the exception propagates */
@@ -388,7 +528,10 @@ failed:
         PyErr_SetString(PyExc_RuntimeError, "probe._lane: a framer attribute changed type mid-commit");
 out:
     Py_XDECREF(counts);
-    Py_XDECREF(cmds);
+    Py_XDECREF(buf);
+    Py_XDECREF(s.cmds);
+    if (s.buf.p != s.buf.small)
+        PyMem_Free(s.buf.p);
     return rc;
 }
 

@@ -57,7 +57,8 @@ def test_the_package_build_compiles_the_lane_where_it_can():
 def test_the_lane_framer_states_match_the_framer():
     """probe/_lane.c hard-codes three PduFramer states; they must be the module's."""
     src = (ROOT / "probe" / "_lane.c").read_text()
-    assert f"F_HEADER = {P._HEADER}, F_PDV_HEADER = {P._PDV_HEADER}, F_DATA = {P._DATA}" in src
+    assert (f"F_HEADER = {P._HEADER}, F_PDV_HEADER = {P._PDV_HEADER}, F_DATA = {P._DATA}, "
+            f"F_COMMAND = {P._COMMAND}") in src
     assert P.PDU_HEADER_LEN == P.PDV_HEADER_LEN == 6  # UL_HEADER_LEN
 
 
