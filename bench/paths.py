@@ -2,21 +2,28 @@
 """The probe's per-packet paths, measured without a profiler.
 
     python3 bench/paths.py CAPTURE [--json FILE]
+    python3 bench/paths.py CAPTURE --pure [--json FILE]     # the pure-Python path
 
 Feeds CAPTURE through the probe's own FileSource (libpcap, the same BPF filter) and Pipeline, as
-``dicom-probe analyze`` does, timing every ``Pipeline.packet`` call with perf_counter_ns. Each frame
-is put in one class:
+``dicom-probe analyze`` does.
 
-- "fast lane: ..." when the call returned without decoding the frame (Decoder.decode never ran);
-- otherwise the full path, with the reason the fast lane did not take it, found by re-checking the
-  fast lane's conditions (probe/pipeline.py) on the flow table's state just before the call.
+With the compiled lane (probe/_lane.c, the default where it is built) libpcap calls the lane for
+every frame; every call it hands to the Python full path (``Pipeline._full``) is timed with
+perf_counter_ns and put in a class: the reason the lane did not finish the frame, found by looking
+at the flow table's state just before the call. The lane's own time is the loop's time minus the
+full-path calls, the classification and the dispatch floor below (an estimate: it is never timed
+frame by frame).
+
+With ``--pure`` (or without the extension) every ``Pipeline.packet`` call is timed and put in a class:
+"fast lane: ..." when the call returned without decoding the frame (Decoder.decode never ran),
+otherwise the full path with the reason the Python fast lane did not take it.
 
 It also measures the floor of any design that calls Python once per packet: libpcap's dispatch
 with the same filter into a Python callback that does nothing (best of three passes over a file
 already in the page cache).
 
-Nothing in probe/ is modified: the only instrumentation is a counting wrapper around
-Decoder.decode installed in this process.
+Nothing in probe/ is modified: the only instrumentation is installed in this process (a counting
+wrapper around Decoder.decode; with the lane, timing wrappers on the pipeline's _full and _commands).
 """
 
 from __future__ import annotations
@@ -96,7 +103,156 @@ def classify(pipe, decoder, frame) -> str:
         return f"unknown ({type(e).__name__})"
 
 
-def measure(path: str) -> dict:
+def classify_lane(pipe, decoder, ts, frame) -> str:
+    """Why the compiled lane handed this frame to the full path, from the state before the call."""
+    try:
+        if ts >= pipe._next_expiry:
+            return "idle-timeout check due (once a second of capture time)"
+        off = decoder.fast_offset
+        if off < 0 or len(frame) < off + 34:
+            return "link layer without the fast layout / short frame"
+        ethertype, vihl, total, frag, proto, key, seq, doff, flags = PL._FAST(frame, off - 2)
+        if ethertype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF:
+            return "not plain IPv4/TCP"
+        if flags & 0x07:
+            return "SYN, FIN or RST"
+        entry = pipe.flows.fast.get(key)
+        if entry is None:
+            return "no flow-table entry (handshake, new or closed connection)"
+        conn, d, stream, other = entry
+        if other._ooo:
+            return "reverse direction holds out-of-order data"
+        framer = conn.framers[d]
+        if framer is None:
+            return "first payload of the direction"
+        if seq != stream.next_seq or stream._ooo:
+            return "out of order or retransmitted"
+        if type(framer) is not P.PduFramer:
+            return "TLS record boundary"
+        if getattr(conn, "closed", False):
+            return "connection closed"
+        machine = conn.machine
+        if machine.state not in PL._QUIET_STATES:
+            return f"association {machine.state} (set-up or end: control PDUs)"
+        state = STATE_NAMES.get(framer._state, framer._state)
+        if state in ("control", "skip", "resync"):
+            return f"framer {state}"
+        a = machine.current
+        if a is not None and not a.pdata_bytes[0] and not a.pdata_bytes[1]:
+            return "the association's first P-DATA-TF"
+        n = total - 20 - ((doff >> 4) << 2)
+        payload = frame[off + 20 + ((doff >> 4) << 2): off + total]
+        if state == "header" and not framer._buf and payload[:1] and payload[0] != 4:
+            return "a control PDU (A-RELEASE, A-ABORT) in the data phase"
+        return f"other (framing error or control PDU later in the segment; framer {state}, {n} bytes)"
+    except Exception as e:  # the pipeline changed shape: still count the frame
+        return f"unknown ({type(e).__name__})"
+
+
+def measure_lane(path: str, cfg, ports, floor_s: float, frames: int) -> dict:
+    """The compiled lane's run: full-path calls timed and classified, the lane's time estimated."""
+    src = FileSource(path, ports)
+    pipe = PL.Pipeline(cfg.flow_settings(()), AeLabeler(cfg.max_ae_titles, cfg.ae_aliases), None,
+                       sites=SiteMap(cfg.sites))
+    dec = pipe.decoder(src.linktype)
+    stats: dict[str, list] = defaultdict(lambda: [0, 0])  # class -> [frames, ns]
+    full_ns_by_shard = {n: [0] * n for n in SHARDS}
+    full_frames_by_shard = {n: [0] * n for n in SHARDS}
+    now = time.perf_counter_ns
+    overhead = min(-(now() - now()) for _ in range(1000))
+    orig_full = pipe._full
+    classify_ns = [0]
+
+    def full(decoder, ts, frame):
+        t = now()
+        why = classify_lane(pipe, dec, ts, frame)
+        t1 = now()
+        orig_full(decoder, ts, frame)
+        dt = now() - t1 - overhead
+        classify_ns[0] += t1 - t
+        s = stats[why]
+        s[0] += 1
+        s[1] += dt
+        h = _shard_hash(frame)
+        for k in SHARDS:
+            i = h % k if h is not None else 0
+            full_ns_by_shard[k][i] += dt
+            full_frames_by_shard[k][i] += 1
+
+    orig_commands = pipe._commands
+    commands_ns = [0, 0, 0]  # calls, ns, command values
+
+    def commands(conn, from_client, values, ts):
+        t = now()
+        orig_commands(conn, from_client, values, ts)
+        commands_ns[1] += now() - t - overhead
+        commands_ns[0] += 1
+        commands_ns[2] += len(values)
+
+    pipe._full = full  # what Pipeline.callback binds into the lane
+    pipe._commands = commands
+    lane = pipe.callback(dec)
+    t0 = time.perf_counter()
+    src.dispatch_all(lane)
+    t1 = time.perf_counter()
+    pipe.finish()
+    finish_s = time.perf_counter() - t1
+    loop_s = t1 - t0
+    n = lane.packets
+    full_frames = sum(v[0] for v in stats.values())
+    full_s = sum(v[1] for v in stats.values()) / 1e9
+    # The probe's own time: the loop minus the classification (bench only) and libpcap's dispatch
+    # into a Python callback (the floor, which a C callable pays in part only: an upper bound).
+    probe_s = max(0.0, loop_s - classify_ns[0] / 1e9 - floor_s)
+    commands_s = commands_ns[1] / 1e9
+    lane_s = max(0.0, probe_s - full_s - commands_s)
+    classes = sorted(({"class": "full: " + k, "frames": v[0], "seconds": v[1] / 1e9,
+                       "us_per_frame": v[1] / v[0] / 1e3} for k, v in stats.items()), key=lambda c: -c["seconds"])
+    classes.insert(0, {"class": "compiled lane: pure ACKs, data values, P-DATA/PDV headers, command values "
+                                "(C; dispatch floor excluded)",
+                       "frames": lane.fast_frames, "seconds": lane_s,
+                       "us_per_frame": 1e6 * lane_s / lane.fast_frames if lane.fast_frames else 0.0})
+    classes.insert(1, {"class": f"of which with command values framed in C: Pipeline._commands in Python "
+                                f"(DIMSE, metrics; {commands_ns[2]:,} command values)",
+                       "frames": commands_ns[0], "seconds": commands_s,
+                       "us_per_frame": 1e6 * commands_s / commands_ns[0] if commands_ns[0] else 0.0})
+    # Work per worker of `--workers k`: the full-path time measured per frame, plus the lane's
+    # frames at the lane's average cost (their shard counted in a second pass over the file).
+    per_shard_frames = {k: [0] * k for k in SHARDS}
+
+    def count(ts, frame):
+        h = _shard_hash(frame)
+        for k in SHARDS:
+            per_shard_frames[k][h % k if h is not None else 0] += 1
+
+    FileSource(path, ports).dispatch_all(count)
+    lane_us = (lane_s + commands_s) / lane.fast_frames if lane.fast_frames else 0.0
+    shard_s = {str(k): [full_ns_by_shard[k][i] / 1e9 + (per_shard_frames[k][i] - full_frames_by_shard[k][i]) * lane_us
+                        for i in range(k)] for k in SHARDS}
+    return {
+        "mode": "lane",
+        "capture": path,
+        "frames_after_filter": n,
+        "floor_dispatch_noop_s": floor_s,
+        "floor_dispatch_noop_fps": frames / floor_s if floor_s else None,
+        "packet_calls_s": probe_s,
+        "timed_loop_s": loop_s,
+        "classify_s": classify_ns[0] / 1e9,
+        "finish_s": finish_s,
+        "fast_frames": lane.fast_frames,
+        "fast_seconds": lane_s + commands_s,
+        "commands_calls": commands_ns[0],
+        "commands_values": commands_ns[2],
+        "commands_seconds": commands_s,
+        "full_frames": full_frames,
+        "full_seconds": full_s,
+        "classes": classes,
+        "classifier_mismatches": 0,
+        "packet_seconds_by_worker_shard": shard_s,
+    }
+
+
+def measure(path: str, pure: bool = False) -> dict:
     cfg = load(None)
     ports = sorted(cfg.ports)
 
@@ -121,6 +277,11 @@ def measure(path: str) -> dict:
     for batch in src2.batches():
         frames += len(batch)
     batches_s = time.perf_counter() - t0
+
+    if PL._lane is not None and not pure:
+        r = measure_lane(path, cfg, ports, floor_s, frames)
+        r["batches_s"] = batches_s
+        return r
 
     # 2. Every Pipeline.packet call, timed and classified.
     calls = [0]
@@ -173,6 +334,7 @@ def measure(path: str) -> dict:
                       for k, v in stats.items()), key=lambda c: -c["seconds"])
     fast = [c for c in classes if c["class"].startswith("fast")]
     return {
+        "mode": "pure",
         "capture": path,
         "frames_after_filter": total_frames,
         "floor_dispatch_noop_s": floor_s,
@@ -191,7 +353,8 @@ def measure(path: str) -> dict:
 
 def text(r: dict) -> str:
     n = r["frames_after_filter"]
-    lines = [f"{n:,} frames after the BPF filter; Pipeline.packet total {r['packet_calls_s']:.2f} s "
+    what = "the probe (lane + full path, dispatch floor excluded)" if r.get("mode") == "lane" else "Pipeline.packet"
+    lines = [f"{n:,} frames after the BPF filter; {what} total {r['packet_calls_s']:.2f} s "
              f"({1e6 * r['packet_calls_s'] / n:.2f} us/frame); finish {r['finish_s']:.2f} s",
              f"floor: libpcap dispatch into a no-op Python callback {r['floor_dispatch_noop_s']:.2f} s "
              f"({r['floor_dispatch_noop_fps']:,.0f} frames/s)",
@@ -213,8 +376,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("capture")
     ap.add_argument("--json", help="also write the result as JSON to this file")
+    ap.add_argument("--pure", action="store_true", help="measure the pure-Python path (Pipeline.packet)")
     args = ap.parse_args(argv)
-    r = measure(args.capture)
+    r = measure(args.capture, pure=args.pure)
     print(text(r))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1) + "\n")

@@ -82,7 +82,8 @@ STAGE_FUNCS = {("probe/pipeline.py", "_handle"): "metrics", ("probe/pipeline.py"
 STAGE_ORDER = ["capture", "decode", "flows", "stream", "pdu", "association", "metrics", "pipeline",
                "startup/other"]
 STAGE_NOTES = {
-    "capture": "libpcap reads + BPF (pcap dispatch, C), FileSource loop",
+    "capture": "libpcap reads + BPF (pcap dispatch, C), FileSource loop; with the compiled lane also the lane "
+               "itself (C, called by dispatch, invisible to cProfile)",
     "decode": "Decoder: link/IP/TCP header parsing (full path only)",
     "flows": "FlowTable.segment, expiry, connection creation",
     "stream": "Connection.segment/_deliver, StreamReassembler",
@@ -153,7 +154,7 @@ def wait_quiet(log=None) -> float:
             said = True
 
 
-def run_measured(cmd: list[str], stdout_path: str | os.PathLike | None, label: str) -> Measurement:
+def run_measured(cmd: list[str], stdout_path: str | os.PathLike | None, label: str, env: dict | None = None) -> Measurement:
     """Run ``cmd`` once; wall time (perf_counter around the whole process), peak RSS of the largest
     process (/usr/bin/time -v, else getrusage), peak summed RSS of the process tree (sampled)."""
     gnu_time = shutil.which("time") if os.path.exists("/usr/bin/time") else None
@@ -165,7 +166,7 @@ def run_measured(cmd: list[str], stdout_path: str | os.PathLike | None, label: s
     peak_tree = 0
     busy0 = _cpu_busy()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(full, stdout=out, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(full, stdout=out, stderr=subprocess.PIPE, env={**os.environ, **env} if env else None)
     stop = threading.Event()
 
     def sample():
@@ -218,7 +219,7 @@ def _children_maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
 
-def measure(cmd, repeat: int, label: str, stdout_path=None, log=print) -> dict:
+def measure(cmd, repeat: int, label: str, stdout_path=None, log=print, env: dict | None = None) -> dict:
     """Median wall time of the ``repeat`` least disturbed runs of ``cmd``. Before each run the
     benchmark waits for a quiet machine; it stops once ``repeat`` runs were quiet (other processes
     below QUIET_CPUS), else after MAX_ATTEMPTS x repeat runs. "contended": a run used had a load above."""
@@ -230,7 +231,7 @@ def measure(cmd, repeat: int, label: str, stdout_path=None, log=print) -> dict:
         if sum(1 for r in runs if r["quiet"]) >= repeat:
             break
         wait_quiet(log)
-        m = run_measured(cmd, stdout_path, label)
+        m = run_measured(cmd, stdout_path, label, env)
         m["quiet"] = m["other_cpus"] is None or m["other_cpus"] < QUIET_CPUS
         runs.append(m)
         log(f"  {label}: run {attempt + 1}: {m['wall']:.2f} s, peak RSS {_mib(m.get('maxrss_kib'))}"
@@ -437,6 +438,12 @@ def profile_by_stage(prof_path: str, top: int = 80) -> dict:
 # Environment.
 
 
+def lane_built() -> bool:
+    """The compiled fast lane (probe/_lane.c) is importable in the probe's interpreter."""
+    r = subprocess.run([sys.executable, "-c", "import probe._lane"], capture_output=True, cwd=REPO)
+    return r.returncode == 0
+
+
 def machine() -> dict:
     info = {"python": platform.python_version(), "kernel": platform.release(), "platform": platform.platform()}
     try:
@@ -480,6 +487,7 @@ def machine() -> dict:
         info["probe_version"] = probe.__version__
     except (ImportError, AttributeError):
         pass
+    info["lane"] = lane_built()
     try:
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True).stdout.strip()
@@ -627,6 +635,10 @@ def _run_all(args, capture: Path, truth: dict, work: Path, results: dict, log) -
                            "tcpdump -r F -w /dev/null", log=log)
     prom1 = work / "probe-1.prom"
     M["probe_1"] = measure(probe + [str(capture)], args.repeat, "dicom-probe analyze (1 worker)", prom1, log=log)
+    if lane_built():
+        M["probe_1_pure"] = measure(probe + [str(capture)], args.repeat,
+                                    "dicom-probe analyze (1 worker, pure Python: DICOM_PROBE_PURE_PYTHON=1)",
+                                    work / "probe-1-pure.prom", log=log, env={"DICOM_PROBE_PURE_PYTHON": "1"})
     promn = work / f"probe-{args.workers}.prom"
     M["probe_n"] = measure(probe + ["--workers", str(args.workers), str(capture)], args.repeat,
                            f"dicom-probe analyze --workers {args.workers}", promn, log=log)
@@ -636,9 +648,12 @@ def _run_all(args, capture: Path, truth: dict, work: Path, results: dict, log) -
                               f"tshark DICOM decode ({cut_n // 1000}k cut)", tshark_out, log=log)
     M["probe_cut"] = measure(probe + [str(cut)], args.repeat, f"dicom-probe analyze ({cut_n // 1000}k cut)",
                              work / "probe-cut.prom", log=log)
-    for key, n, path in (("tcpdump", frames, capture), ("probe_1", frames, capture), ("probe_n", frames, capture),
+    for key, n, path in (("tcpdump", frames, capture), ("probe_1", frames, capture), ("probe_1_pure", frames, capture),
+                         ("probe_n", frames, capture),
                          ("tshark_cut", cut_n, cut), ("probe_cut", cut_n, cut), ("probe_startup", 1, one)):
-        m = M[key]
+        m = M.get(key)
+        if m is None:
+            continue
         m["frames"] = n
         m["file_bytes"] = path.stat().st_size
         m["fps"] = n / m["wall"]
@@ -706,8 +721,10 @@ def _fmt_rate(x: float) -> str:
 def table_rows(results: dict) -> list[tuple]:
     M = results["measurements"]
     rows = []
-    for key in ("tcpdump", "probe_1", "probe_n", "tshark_cut", "probe_cut", "probe_startup"):
-        m = M[key]
+    for key in ("tcpdump", "probe_1", "probe_1_pure", "probe_n", "tshark_cut", "probe_cut", "probe_startup"):
+        m = M.get(key)
+        if m is None:
+            continue
         rows.append((m["label"] + (" (contended)" if m.get("contended") else ""), f"{m['frames']:,}",
                      f"{m['wall']:.2f}", f"{m['runs_used']}/{len(m['walls'])}", f"{m['other_cpus_used']:.2f}",
                      _fmt_rate(m["fps"]) if key != "probe_startup" else "-",
@@ -853,6 +870,8 @@ def benchmarks_md(results: dict) -> str:
         ("libpcap", f"{m.get('libpcap')} (pypcap {m.get('pypcap')})"),
         ("tcpdump / tshark", f"{m.get('tcpdump')} / {m.get('tshark')}"),
         ("dicom-probe", f"{m.get('probe_version')}, git {m.get('git')}"),
+        ("compiled lane (probe/_lane.c)", "built (the default measurements use it)" if m.get("lane") else
+         "NOT built: every measurement is the pure-Python path"),
     ]))
     if m.get("note"):
         L.append("\n" + m["note"])
@@ -893,6 +912,7 @@ def benchmarks_md(results: dict) -> str:
     L.append("")
     effect = {"tcpdump": "makes the probe / tcpdump ratio look better than it is",
               "probe_1": "makes the probe / tcpdump ratio look worse and the worker speed-up better than they are",
+              "probe_1_pure": "overstates what the pure-Python path costs",
               "probe_n": "makes the worker speed-up look worse than it is",
               "tshark_cut": "makes the probe / tshark ratio look better than it is",
               "probe_cut": "makes the probe / tshark ratio look worse than it is",
@@ -907,6 +927,8 @@ def benchmarks_md(results: dict) -> str:
     L.append("```")
     L.append("tcpdump -r F -w /dev/null")
     L.append("python3 -m probe analyze -q --format prom F                    # = dicom-probe analyze ...")
+    if "probe_1_pure" in M:
+        L.append("DICOM_PROBE_PURE_PYTHON=1 python3 -m probe analyze -q --format prom F   # the fallback path")
     L.append(f"python3 -m probe analyze -q --format prom --workers {results['workers']} F")
     L.append("tshark -r CUT -d tcp.port==104,dicom -d tcp.port==11112,dicom -T fields -e dicom.pdu.type > out")
     L.append("python3 -m probe analyze -q --format prom CUT")
@@ -929,7 +951,7 @@ def benchmarks_md(results: dict) -> str:
                 f"a few large C-STORE connections carrying most of them.")
         cost = results.get("paths", {}).get("packet_seconds_by_worker_shard", {}).get(str(results["workers"]))
         if cost:
-            text += (f" Frames do not cost the same, though: weighted by the time `Pipeline.packet` took for each "
+            text += (f" Frames do not cost the same, though: weighted by the time the probe took for each "
                      f"frame (bench/paths.py), the busiest worker has {100 * max(cost) / sum(cost):.0f}% of the "
                      f"work, which caps the speed-up at {sum(cost) / max(cost):.2f}x before start-up, every "
                      f"worker reading and filtering the whole file, and merging.")
@@ -971,17 +993,35 @@ def benchmarks_md(results: dict) -> str:
         pr = results["paths"]
         n = pr["frames_after_filter"]
         L.append("### Per-packet paths (unprofiled)\n")
-        L.append("`python3 bench/paths.py F` feeds the whole capture through the probe's own FileSource and "
-                 "Pipeline in one process and times every `Pipeline.packet` call (no profiler). A frame took the "
-                 "fast lane when `Decoder.decode` never ran for it; for the others the reason is found by "
-                 "re-checking the fast lane's conditions on the state just before the call.\n")
-        L.append(f"- {n:,} frames pass the BPF filter (other processes used {_cpus(pr.get('other_cpus'))} "
-                 f"during this run); `Pipeline.packet` takes {pr['packet_calls_s']:.2f} s in all "
-                 f"({1e6 * pr['packet_calls_s'] / n:.2f} us per frame).")
-        L.append(f"- The fast lane takes {pr['fast_frames']:,} frames ({100 * pr['fast_frames'] / n:.1f}%) and "
-                 f"{pr['fast_seconds']:.2f} s ({100 * pr['fast_seconds'] / pr['packet_calls_s']:.0f}% of the time); "
-                 f"the other {n - pr['fast_frames']:,} frames ({100 * (n - pr['fast_frames']) / n:.1f}%) take "
-                 f"{pr['packet_calls_s'] - pr['fast_seconds']:.2f} s.")
+        if pr.get("mode") == "lane":
+            L.append("`python3 bench/paths.py F` feeds the whole capture through the probe's own FileSource and "
+                     "Pipeline in one process, as `analyze` does: libpcap calls the compiled lane for every frame. "
+                     "Every frame the lane hands to the Python full path (`Pipeline._full`) is timed (no "
+                     "profiler) and classed by the reason, found on the flow table's state just before the call; "
+                     "the command values the lane frames itself go to `Pipeline._commands` (DIMSE and metrics in "
+                     "Python), timed too. The lane's own time is the rest: the loop minus those calls, the "
+                     "classification and the dispatch floor below (an estimate, never timed frame by frame). "
+                     "`python3 bench/paths.py --pure F` measures the pure-Python path the same way.\n")
+            L.append(f"- {n:,} frames pass the BPF filter (other processes used {_cpus(pr.get('other_cpus'))} "
+                     f"during this run); the probe takes {pr['packet_calls_s']:.2f} s in all beyond the dispatch "
+                     f"floor ({1e6 * pr['packet_calls_s'] / n:.2f} us per frame).")
+            L.append(f"- The compiled lane finishes {pr['fast_frames']:,} frames ({100 * pr['fast_frames'] / n:.1f}%) "
+                     f"in {pr['fast_seconds']:.2f} s, of which {pr.get('commands_seconds', 0):.2f} s is Python "
+                     f"handling the {pr.get('commands_values', 0):,} command values it framed; the other "
+                     f"{n - pr['fast_frames']:,} frames ({100 * (n - pr['fast_frames']) / n:.1f}%) take the Python "
+                     f"full path: {pr['packet_calls_s'] - pr['fast_seconds']:.2f} s.")
+        else:
+            L.append("`python3 bench/paths.py F` feeds the whole capture through the probe's own FileSource and "
+                     "Pipeline in one process and times every `Pipeline.packet` call (no profiler). A frame took the "
+                     "fast lane when `Decoder.decode` never ran for it; for the others the reason is found by "
+                     "re-checking the fast lane's conditions on the state just before the call.\n")
+            L.append(f"- {n:,} frames pass the BPF filter (other processes used {_cpus(pr.get('other_cpus'))} "
+                     f"during this run); `Pipeline.packet` takes {pr['packet_calls_s']:.2f} s in all "
+                     f"({1e6 * pr['packet_calls_s'] / n:.2f} us per frame).")
+            L.append(f"- The fast lane takes {pr['fast_frames']:,} frames ({100 * pr['fast_frames'] / n:.1f}%) and "
+                     f"{pr['fast_seconds']:.2f} s ({100 * pr['fast_seconds'] / pr['packet_calls_s']:.0f}% of the time); "
+                     f"the other {n - pr['fast_frames']:,} frames ({100 * (n - pr['fast_frames']) / n:.1f}%) take "
+                     f"{pr['packet_calls_s'] - pr['fast_seconds']:.2f} s.")
         L.append(f"- Floor of any once-per-packet Python design: libpcap's dispatch with the same filter into a "
                  f"no-op Python callback reads the capture in {pr['floor_dispatch_noop_s']:.2f} s "
                  f"({pr['floor_dispatch_noop_fps']:,.0f} frames/s), against "
