@@ -365,7 +365,16 @@ class AssociationMetrics:
     def handle(self, n) -> None:
         s = self.store
         t = type(n)
-        if t is A.AssociationOpened:
+        if t is D.DimseResponse:  # the most frequent (a C-FIND's pending responses), so first
+            pair = self._pair(n.association)
+            s.inc("dicom_dimse_responses_total", pair + (n.command, n.status_class, D.status_code(n.status)))
+            if n.seconds is not None:
+                s.observe("dicom_dimse_response_seconds", (n.command,), n.seconds)
+            if not n.matched:
+                s.inc("dicom_dimse_unmatched_responses_total", pair + (n.command,))
+        elif t is D.DimseRequest:
+            s.inc("dicom_dimse_requests_total", self._pair(n.association) + (n.command,))
+        elif t is A.AssociationOpened:
             s.inc("dicom_associations_active")
         elif t is A.AssociationEnded:
             s.inc("dicom_associations_active", (), -1)
@@ -408,15 +417,6 @@ class AssociationMetrics:
             s.inc("dicom_probe_protocol_violations_total", (n.kind,))
         elif t is C.PDataBytes:
             self._pdata[id(n.association)] = n.association
-        elif t is D.DimseRequest:
-            s.inc("dicom_dimse_requests_total", self._pair(n.association) + (n.command,))
-        elif t is D.DimseResponse:
-            pair = self._pair(n.association)
-            s.inc("dicom_dimse_responses_total", pair + (n.command, n.status_class, D.status_code(n.status)))
-            if n.seconds is not None:
-                s.observe("dicom_dimse_response_seconds", (n.command,), n.seconds)
-            if not n.matched:
-                s.inc("dicom_dimse_unmatched_responses_total", pair + (n.command,))
         elif t is D.SubOperations:
             pair = self._pair(n.association)
             for outcome in ("completed", "failed", "warning"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 _ELEMENT = struct.Struct("<HHI")  # group, element, value length (Implicit VR LE)
 _US = struct.Struct("<H")
@@ -123,6 +124,7 @@ def status_class(status: int) -> str:
     return FAILURE
 
 
+@lru_cache(maxsize=4096)  # per DIMSE response; a capture shows a handful of distinct statuses
 def status_code(status: int) -> str:
     return f"{status:04X}"
 
@@ -130,14 +132,14 @@ def status_code(status: int) -> str:
 # -- notifications ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per DIMSE message (frozen init costs 4x)
 class DimseRequest:
     association: object
     command: str
     ts: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per DIMSE message (frozen init costs 4x)
 class DimseResponse:
     association: object
     command: str

@@ -57,7 +57,9 @@ class PduError(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# Events. Small, frozen, slotted; none carries P-DATA data values.
+# Events. Small, slotted, treated as immutable (frozen, except the two built per PDU: PDataTF and
+# CommandFragment, where a frozen dataclass's __init__ costs ~4x a plain one); none carries P-DATA
+# data values.
 
 
 # Per-context records are NamedTuples: immutable like the events, but ~7x cheaper to build, and a
@@ -146,7 +148,7 @@ class Abort:
     reason: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per PDU (see above)
 class PDataTF:
     """A P-DATA-TF PDU header was seen; its PDVs follow (or are skipped)."""
 
@@ -154,7 +156,7 @@ class PDataTF:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per PDU (see above)
 class CommandFragment:
     """A command PDV's value (a DIMSE command set fragment: group 0000, never patient data)."""
 
