@@ -27,9 +27,76 @@
 #include <stdint.h>
 #include <string.h>
 
-static PyObject *s_ooo, *s_framers, *s_state, *s_pdv_left, *s_pdu_left, *s_data_bytes, *s_next_seq, *s_last_ts,
-    *s_buf, *s_pdus, *s_need, *s_start_ts, *s_pdv_context, *s_pdv_last, *s_closed, *s_machine, *s_current,
-    *s_outcome, *s_pdata_bytes, *s_requestor_is_client, *s_machine_state, *s_max_command;
+/* An attribute the lane reads or writes, with a one-entry cache of where it lives: for the slotted
+ * classes of the flow table (__slots__), a member descriptor's offset in the object, so that the
+ * per-packet accesses skip the generic attribute lookup. Anything else (another type, a property,
+ * an instance dict) takes PyObject_GetAttr / PyObject_SetAttr. */
+typedef struct {
+    PyObject *name;
+    PyTypeObject *type;  /* the type the offset is for (types here live as long as the process) */
+    Py_ssize_t offset;
+    PyTypeObject *plain;  /* the last type found without such a slot: straight to the generic path */
+} Attr;
+
+static Attr A_ooo, A_framers, A_state, A_pdv_left, A_pdu_left, A_data_bytes, A_next_seq, A_last_ts, A_buf, A_pdus, A_need, A_start_ts, A_pdv_context, A_pdv_last, A_closed, A_machine, A_current, A_outcome, A_pdata_bytes, A_requestor_is_client, A_machine_state, A_max_command;
+
+/* Where obj's slot for `a` lives, or NULL when it is not a plain writable object slot of its type. */
+static PyObject **
+slot_of(PyObject *obj, Attr *a)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (tp != a->type) {
+        if (tp == a->plain)
+            return NULL;
+        PyObject *descr = PyObject_GetAttr((PyObject *)tp, a->name);
+        if (descr == NULL) {
+            PyErr_Clear();
+            a->plain = tp;
+            return NULL;
+        }
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                 && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX
+                 && !(((PyMemberDescrObject *)descr)->d_member->flags & READONLY);
+        Py_ssize_t offset = ok ? ((PyMemberDescrObject *)descr)->d_member->offset : 0;
+        Py_DECREF(descr);
+        if (!ok) {
+            a->plain = tp;
+            return NULL;
+        }
+        a->type = tp;
+        a->offset = offset;
+    }
+    return (PyObject **)((char *)obj + a->offset);
+}
+
+/* obj.<a> (a new reference), or NULL with an exception set (AttributeError when unset). */
+static PyObject *
+attr_get(PyObject *obj, Attr *a)
+{
+    PyObject **slot = slot_of(obj, a);
+    if (slot == NULL)
+        return PyObject_GetAttr(obj, a->name);
+    PyObject *v = *slot;
+    if (v == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, a->name);
+        return NULL;
+    }
+    Py_INCREF(v);
+    return v;
+}
+
+static int
+attr_set(PyObject *obj, Attr *a, PyObject *v)
+{
+    PyObject **slot = slot_of(obj, a);
+    if (slot == NULL)
+        return PyObject_SetAttr(obj, a->name, v);
+    PyObject *old = *slot;
+    Py_INCREF(v);
+    *slot = v;
+    Py_XDECREF(old);
+    return 0;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -128,9 +195,9 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
 /* obj.name as a C integer; 0 on success, 1 when it is not an int (or absent: the caller goes slow),
  * -1 on a real error. */
 static int
-get_ll(PyObject *obj, PyObject *name, long long *out)
+get_ll(PyObject *obj, Attr *name, long long *out)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = attr_get(obj, name);
     if (v == NULL) {
         if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
             PyErr_Clear();
@@ -153,21 +220,21 @@ get_ll(PyObject *obj, PyObject *name, long long *out)
 }
 
 static int
-set_ll(PyObject *obj, PyObject *name, long long value)
+set_ll(PyObject *obj, Attr *name, long long value)
 {
     PyObject *v = PyLong_FromLongLong(value);
     if (v == NULL)
         return -1;
-    int r = PyObject_SetAttr(obj, name, v);
+    int r = attr_set(obj, name, v);
     Py_DECREF(v);
     return r;
 }
 
 /* obj.name is truthy: 1, falsy: 0, error: -1. */
 static int
-attr_true(PyObject *obj, PyObject *name)
+attr_true(PyObject *obj, Attr *name)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = attr_get(obj, name);
     if (v == NULL)
         return -1;
     int r = PyObject_IsTrue(v);
@@ -268,7 +335,7 @@ sim_pdv_at(Sim *s, const unsigned char *hdr, const unsigned char *after, Py_ssiz
     s->read_pdv = 1;
     if (hdr[5] & 0x01) {
         if (s->max_command < 0) {
-            int r = get_ll(s->framer, s_max_command, &s->max_command);
+            int r = get_ll(s->framer, &A_max_command, &s->max_command);
             if (r != 0)
                 return r;
         }
@@ -396,26 +463,26 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
     long long data_bytes, pdus = 0, pdv_context = 0;
     int r, rc = GO_FULL;
     PyObject *counts = NULL, *buf = NULL;
-    if ((r = get_ll(framer, s_state, &s.state)) != 0)
+    if ((r = get_ll(framer, &A_state, &s.state)) != 0)
         return r;
     if (s.state != F_DATA && s.state != F_PDV_HEADER && s.state != F_HEADER && s.state != F_COMMAND)
         return GO_FULL;
-    if ((r = get_ll(framer, s_pdu_left, &s.pdu)) != 0 || (r = get_ll(framer, s_pdv_left, &s.pdv)) != 0
-        || (r = get_ll(framer, s_need, &s.need)) != 0)
+    if ((r = get_ll(framer, &A_pdu_left, &s.pdu)) != 0 || (r = get_ll(framer, &A_pdv_left, &s.pdv)) != 0
+        || (r = get_ll(framer, &A_need, &s.need)) != 0)
         return r;
     if ((s.state == F_HEADER || s.state == F_PDV_HEADER) && s.need != UL_HEADER_LEN)
         return GO_FULL;
-    if ((r = attr_true(conn, s_closed)) != 0)  /* the flow table ignores a closed connection's segments */
+    if ((r = attr_true(conn, &A_closed)) != 0)  /* the flow table ignores a closed connection's segments */
         return r < 0 ? -1 : GO_FULL;
     if (s.state == F_COMMAND) {  /* a command value being collected: its PDV header was read before */
-        if ((r = get_ll(framer, s_pdv_context, &pdv_context)) != 0)
+        if ((r = get_ll(framer, &A_pdv_context, &pdv_context)) != 0)
             return r;
         s.context = (long)pdv_context;
-        if ((r = attr_true(framer, s_pdv_last)) < 0)
+        if ((r = attr_true(framer, &A_pdv_last)) < 0)
             return -1;
         s.last = r;
     }
-    buf = PyObject_GetAttr(framer, s_buf);
+    buf = attr_get(framer, &A_buf);
     if (buf == NULL)
         return -1;
     if (!PyByteArray_CheckExact(buf) || PyByteArray_GET_SIZE(buf) > s.need)
@@ -433,13 +500,13 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
     long idx = 0;
     if (s.headers || s.cmds) {
         /* The association machine must ignore P-DATA-TF (and so be past the set-up) ... */
-        PyObject *machine = PyObject_GetAttr(conn, s_machine);
+        PyObject *machine = attr_get(conn, &A_machine);
         if (machine == NULL) {
             rc = -1;
             goto out;
         }
-        PyObject *mstate = PyObject_GetAttr(machine, s_machine_state);
-        PyObject *a = mstate ? PyObject_GetAttr(machine, s_current) : NULL;
+        PyObject *mstate = attr_get(machine, &A_machine_state);
+        PyObject *a = mstate ? attr_get(machine, &A_current) : NULL;
         Py_DECREF(machine);
         if (a == NULL) {
             Py_XDECREF(mstate);
@@ -456,9 +523,9 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
         if (s.headers) {
             /* ... and, for P-DATA-TF headers, the association must already count its P-DATA bytes
              * (its first P-DATA-TF notification was sent), as Connection._deliver does. */
-            PyObject *outcome = PyObject_GetAttr(a, s_outcome);
-            PyObject *by_client = outcome ? PyObject_GetAttr(a, s_requestor_is_client) : NULL;
-            counts = by_client ? PyObject_GetAttr(a, s_pdata_bytes) : NULL;
+            PyObject *outcome = attr_get(a, &A_outcome);
+            PyObject *by_client = outcome ? attr_get(a, &A_requestor_is_client) : NULL;
+            counts = by_client ? attr_get(a, &A_pdata_bytes) : NULL;
             Py_DECREF(a);
             if (counts == NULL) {
                 Py_XDECREF(outcome);
@@ -477,7 +544,7 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
             int first = PyLong_CheckExact(c0) && PyLong_CheckExact(c1) && !PyObject_IsTrue(c0) && !PyObject_IsTrue(c1);
             if (first || !PyLong_CheckExact(PyList_GET_ITEM(counts, idx)))
                 goto out;
-            if ((r = get_ll(framer, s_pdus, &pdus)) != 0) {
+            if ((r = get_ll(framer, &A_pdus, &pdus)) != 0) {
                 rc = r;
                 goto out;
             }
@@ -488,18 +555,18 @@ lane_data(Lane *self, PyObject *tsobj, PyObject *conn, long d, PyObject *stream,
 
     /* Commit, as feed() and _deliver() would have left things. */
     rc = -1;
-    if (set_ll(stream, s_next_seq, (long long)((seq + (uint32_t)n) & 0xFFFFFFFFu)) < 0
-        || set_ll(framer, s_state, s.state) < 0
-        || set_ll(framer, s_pdv_left, s.pdv) < 0
-        || set_ll(framer, s_pdu_left, s.pdu) < 0
-        || get_ll(framer, s_data_bytes, &data_bytes) != 0
-        || set_ll(framer, s_data_bytes, data_bytes + s.data) < 0
-        || (s.need_set && set_ll(framer, s_need, s.need) < 0)
-        || (s.read_pdv && (set_ll(framer, s_pdv_context, s.context) < 0
-                           || PyObject_SetAttr(framer, s_pdv_last, s.last ? Py_True : Py_False) < 0))
-        || (s.headers && set_ll(framer, s_pdus, pdus + s.headers) < 0)
-        || (s.start_ts && PyObject_SetAttr(framer, s_start_ts, tsobj) < 0)
-        || PyObject_SetAttr(conn, s_last_ts, tsobj) < 0)
+    if (set_ll(stream, &A_next_seq, (long long)((seq + (uint32_t)n) & 0xFFFFFFFFu)) < 0
+        || set_ll(framer, &A_state, s.state) < 0
+        || set_ll(framer, &A_pdv_left, s.pdv) < 0
+        || set_ll(framer, &A_pdu_left, s.pdu) < 0
+        || get_ll(framer, &A_data_bytes, &data_bytes) != 0
+        || set_ll(framer, &A_data_bytes, data_bytes + s.data) < 0
+        || (s.need_set && set_ll(framer, &A_need, s.need) < 0)
+        || (s.read_pdv && (set_ll(framer, &A_pdv_context, s.context) < 0
+                           || attr_set(framer, &A_pdv_last, s.last ? Py_True : Py_False) < 0))
+        || (s.headers && set_ll(framer, &A_pdus, pdus + s.headers) < 0)
+        || (s.start_ts && attr_set(framer, &A_start_ts, tsobj) < 0)
+        || attr_set(conn, &A_last_ts, tsobj) < 0)
         goto failed;
     if (s.collected || PyByteArray_GET_SIZE(buf) != s.buf.len) {
         if (PyByteArray_Resize(buf, s.buf.len) < 0)
@@ -566,14 +633,14 @@ lane_try(Lane *self, PyObject *tsobj, const unsigned char *p, Py_ssize_t len)
     PyObject *stream = PyTuple_GET_ITEM(entry, 2);
     PyObject *other = PyTuple_GET_ITEM(entry, 3);
     PyObject *framers = NULL, *framer = NULL;
-    int t = attr_true(other, s_ooo);
+    int t = attr_true(other, &A_ooo);
     if (t != 0) {
         rc = t < 0 ? -1 : GO_FULL;
         goto done;
     }
     long n = total - 20 - ((tcp[12] >> 4) << 2);
     if (n <= 0) {
-        rc = PyObject_SetAttr(conn, s_last_ts, tsobj) < 0 ? -1 : 0;
+        rc = attr_set(conn, &A_last_ts, tsobj) < 0 ? -1 : 0;
         goto done;
     }
     if (!PyLong_CheckExact(dobj))
@@ -584,7 +651,7 @@ lane_try(Lane *self, PyObject *tsobj, const unsigned char *p, Py_ssize_t len)
             rc = -1;
         goto done;
     }
-    framers = PyObject_GetAttr(conn, s_framers);
+    framers = attr_get(conn, &A_framers);
     if (framers == NULL) {
         rc = -1;
         goto done;
@@ -603,15 +670,15 @@ lane_try(Lane *self, PyObject *tsobj, const unsigned char *p, Py_ssize_t len)
     long long state, pdv_left, pdu_left, data_bytes, next_seq;
     int r;
     uint32_t seq = ((uint32_t)tcp[4] << 24) | ((uint32_t)tcp[5] << 16) | ((uint32_t)tcp[6] << 8) | tcp[7];
-    if ((r = get_ll(stream, s_next_seq, &next_seq)) != 0 || next_seq != (long long)seq) {
+    if ((r = get_ll(stream, &A_next_seq, &next_seq)) != 0 || next_seq != (long long)seq) {
         rc = r < 0 ? -1 : GO_FULL;
         goto done;
     }
-    if ((t = attr_true(stream, s_ooo)) != 0 || off + total > len) {
+    if ((t = attr_true(stream, &A_ooo)) != 0 || off + total > len) {
         rc = t < 0 ? -1 : GO_FULL;
         goto done;
     }
-    if ((r = get_ll(framer, s_state, &state)) != 0 || (r = get_ll(framer, s_pdv_left, &pdv_left)) != 0) {
+    if ((r = get_ll(framer, &A_state, &state)) != 0 || (r = get_ll(framer, &A_pdv_left, &pdv_left)) != 0) {
         rc = r < 0 ? -1 : GO_FULL;
         goto done;
     }
@@ -620,15 +687,15 @@ lane_try(Lane *self, PyObject *tsobj, const unsigned char *p, Py_ssize_t len)
             rc = lane_data(self, tsobj, conn, d, stream, framer, seq, tcp + ((tcp[12] >> 4) << 2), n);
         goto done;
     }
-    if ((r = get_ll(framer, s_pdu_left, &pdu_left)) != 0 || (r = get_ll(framer, s_data_bytes, &data_bytes)) != 0) {
+    if ((r = get_ll(framer, &A_pdu_left, &pdu_left)) != 0 || (r = get_ll(framer, &A_data_bytes, &data_bytes)) != 0) {
         rc = r < 0 ? -1 : GO_FULL;
         goto done;
     }
-    if (set_ll(stream, s_next_seq, (long long)((seq + (uint32_t)n) & 0xFFFFFFFFu)) < 0
-        || set_ll(framer, s_pdv_left, pdv_left - n) < 0
-        || set_ll(framer, s_pdu_left, pdu_left - n) < 0
-        || set_ll(framer, s_data_bytes, data_bytes + n) < 0
-        || PyObject_SetAttr(conn, s_last_ts, tsobj) < 0) {
+    if (set_ll(stream, &A_next_seq, (long long)((seq + (uint32_t)n) & 0xFFFFFFFFu)) < 0
+        || set_ll(framer, &A_pdv_left, pdv_left - n) < 0
+        || set_ll(framer, &A_pdu_left, pdu_left - n) < 0
+        || set_ll(framer, &A_data_bytes, data_bytes + n) < 0
+        || attr_set(conn, &A_last_ts, tsobj) < 0) {
         rc = -1;
         goto done;
     }
@@ -715,29 +782,29 @@ static struct PyModuleDef lanemodule = {
 PyMODINIT_FUNC
 PyInit__lane(void)
 {
-#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
-    INTERN(s_ooo, "_ooo");
-    INTERN(s_framers, "framers");
-    INTERN(s_state, "_state");
-    INTERN(s_pdv_left, "_pdv_left");
-    INTERN(s_pdu_left, "_pdu_left");
-    INTERN(s_data_bytes, "data_bytes");
-    INTERN(s_next_seq, "next_seq");
-    INTERN(s_last_ts, "last_ts");
-    INTERN(s_buf, "_buf");
-    INTERN(s_pdus, "pdus");
-    INTERN(s_need, "_need");
-    INTERN(s_start_ts, "_start_ts");
-    INTERN(s_pdv_context, "_pdv_context");
-    INTERN(s_pdv_last, "_pdv_last");
-    INTERN(s_closed, "closed");
-    INTERN(s_machine_state, "state");
-    INTERN(s_max_command, "_max_command");
-    INTERN(s_machine, "machine");
-    INTERN(s_current, "current");
-    INTERN(s_outcome, "outcome");
-    INTERN(s_pdata_bytes, "pdata_bytes");
-    INTERN(s_requestor_is_client, "requestor_is_client");
+#define INTERN(var, text) if ((var.name = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(A_ooo, "_ooo");
+    INTERN(A_framers, "framers");
+    INTERN(A_state, "_state");
+    INTERN(A_pdv_left, "_pdv_left");
+    INTERN(A_pdu_left, "_pdu_left");
+    INTERN(A_data_bytes, "data_bytes");
+    INTERN(A_next_seq, "next_seq");
+    INTERN(A_last_ts, "last_ts");
+    INTERN(A_buf, "_buf");
+    INTERN(A_pdus, "pdus");
+    INTERN(A_need, "_need");
+    INTERN(A_start_ts, "_start_ts");
+    INTERN(A_pdv_context, "_pdv_context");
+    INTERN(A_pdv_last, "_pdv_last");
+    INTERN(A_closed, "closed");
+    INTERN(A_machine_state, "state");
+    INTERN(A_max_command, "_max_command");
+    INTERN(A_machine, "machine");
+    INTERN(A_current, "current");
+    INTERN(A_outcome, "outcome");
+    INTERN(A_pdata_bytes, "pdata_bytes");
+    INTERN(A_requestor_is_client, "requestor_is_client");
 #undef INTERN
     if (PyType_Ready(&LaneType) < 0)
         return NULL;
