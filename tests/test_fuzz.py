@@ -1,7 +1,8 @@
 """Hostile input through the whole pipeline: mutated real captures and random frames.
 
 The contract (as for h11): every input gives events and counted errors, never an exception, never a
-hang. fuzz/fuzz_pipeline.py runs the same harness coverage-guided with atheris; this is the
+hang; and the compiled fast lane (probe/_lane.c) gives exactly what the pure-Python path gives.
+fuzz/fuzz_pipeline.py runs the same harness coverage-guided with atheris; this is the
 deterministic part that runs in CI.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import random
 import sys
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import dpkt
@@ -19,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "fuzz"))
 
+from probe import pipeline as PL  # noqa: E402
 from probe.decode import DLT_EN10MB  # noqa: E402
 from probe.pipeline import Pipeline  # noqa: E402
 from probe.report import association_json, record_json, tls_record  # noqa: E402
@@ -39,17 +42,30 @@ SEEDS = {name: _frames(name) for name in (
 )}
 
 
-def run(frames: list[bytes]) -> Pipeline:
+def _one(frames: list[bytes], lane: bool) -> tuple[Pipeline, list, bytes]:
     records = []
     pipe = Pipeline(on_association=lambda a: records.append(association_json(a)))
     pipe.on_tls = lambda r: records.append(record_json(tls_record(r)))
     dec = pipe.decoder(DLT_EN10MB)
+    feed = pipe.callback(dec) if lane else partial(pipe.packet, dec)
     ts = 1_000_000.0
     for frame in frames:
         ts += 0.001
-        pipe.packet(dec, ts, frame)
+        feed(ts, frame)
     pipe.finish()
-    list(text_string_to_metric_families(pipe.store.render().decode()))  # always a valid exposition
+    text = pipe.store.render()
+    list(text_string_to_metric_families(text.decode()))  # always a valid exposition
+    return pipe, records, text
+
+
+def run(frames: list[bytes]) -> Pipeline:
+    """The pure-Python path and, where it is built, the compiled lane (probe/_lane.c): both must
+    survive the input and give the same records and metrics."""
+    pipe, records, text = _one(frames, lane=False)
+    if PL._lane is not None:
+        _lane_pipe, lane_records, lane_text = _one(frames, lane=True)
+        assert lane_records == records
+        assert lane_text.splitlines() == text.splitlines()
     return pipe
 
 
