@@ -66,6 +66,18 @@ def _shard_hash(frame) -> int | None:
             + int.from_bytes(frame[t:t + 2], "big") + int.from_bytes(frame[t + 2:t + 4], "big")) & 0xFFFFFFFF
 
 
+def _shard_hash_conn(conn) -> int | None:
+    """The same shard key from a connection's "a.b.c.d:port" endpoints (IPv4 only)."""
+    try:
+        total = 0
+        for end in (conn.client, conn.server):
+            addr, port = end.rsplit(":", 1)
+            total += int.from_bytes(bytes(int(x) for x in addr.split(".")), "big") + int(port)
+        return total & 0xFFFFFFFF
+    except ValueError:
+        return None
+
+
 def classify(pipe, decoder, frame) -> str:
     """Why the fast lane would (not) take this frame, from the state before the call."""
     try:
@@ -182,12 +194,18 @@ def measure_lane(path: str, cfg, ports, floor_s: float, frames: int) -> dict:
     orig_commands = pipe._commands
     commands_ns = [0, 0, 0]  # calls, ns, command values
 
+    commands_ns_by_shard = {n: [0] * n for n in SHARDS}
+
     def commands(conn, from_client, values, ts):
         t = now()
         orig_commands(conn, from_client, values, ts)
-        commands_ns[1] += now() - t - overhead
+        dt = now() - t - overhead
+        commands_ns[1] += dt
         commands_ns[0] += 1
         commands_ns[2] += len(values)
+        h = _shard_hash_conn(conn)
+        for k in SHARDS:
+            commands_ns_by_shard[k][h % k if h is not None else 0] += dt
 
     pipe._full = full  # what Pipeline.callback binds into the lane
     pipe._commands = commands
@@ -226,8 +244,9 @@ def measure_lane(path: str, cfg, ports, floor_s: float, frames: int) -> dict:
             per_shard_frames[k][h % k if h is not None else 0] += 1
 
     FileSource(path, ports).dispatch_all(count)
-    lane_us = (lane_s + commands_s) / lane.fast_frames if lane.fast_frames else 0.0
-    shard_s = {str(k): [full_ns_by_shard[k][i] / 1e9 + (per_shard_frames[k][i] - full_frames_by_shard[k][i]) * lane_us
+    lane_us = lane_s / lane.fast_frames if lane.fast_frames else 0.0
+    shard_s = {str(k): [(full_ns_by_shard[k][i] + commands_ns_by_shard[k][i]) / 1e9
+                        + (per_shard_frames[k][i] - full_frames_by_shard[k][i]) * lane_us
                         for i in range(k)] for k in SHARDS}
     return {
         "mode": "lane",

@@ -90,7 +90,7 @@ STAGE_NOTES = {
     "pdu": "PduFramer.feed, control PDU decoding",
     "association": "AssociationMachine, DIMSE command sets",
     "metrics": "notification dispatch (Pipeline._handle), AssociationMetrics, MetricStore, rendering",
-    "pipeline": "Pipeline.packet itself: the per-packet fast lane (one unpack, one lookup, subtraction)",
+    "pipeline": "Pipeline.packet/_full/_commands: the Python fast lane (pure path), the compiled lane's hand-offs",
     "startup/other": "interpreter start-up, imports, config, CLI, stdlib",
 }
 
@@ -948,7 +948,8 @@ def benchmarks_md(results: dict) -> str:
         text = (f"The {results['workers']} workers split the connections by a hash of addresses and ports (the "
                 f"daemon's BPF shard clause): on this capture the busiest worker gets "
                 f"{100 * sb['max_share']:.0f}% of the DICOM frames ({', '.join(f'{x:,}' for x in sb['frames'])}), "
-                f"a few large C-STORE connections carrying most of them.")
+                f"a few large C-STORE connections carrying most of them (the compiled lane makes their frames "
+                f"cheap).")
         cost = results.get("paths", {}).get("packet_seconds_by_worker_shard", {}).get(str(results["workers"]))
         if cost:
             text += (f" Frames do not cost the same, though: weighted by the time the probe took for each "

@@ -714,6 +714,10 @@ Lane_call(Lane *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "Lane(ts, frame) takes exactly two positional arguments");
         return NULL;
     }
+    if (self->fast == NULL || self->full == NULL || self->pdu_framer == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane.__init__ was not called");
+        return NULL;
+    }
     PyObject *tsobj = PyTuple_GET_ITEM(args, 0);
     PyObject *frame = PyTuple_GET_ITEM(args, 1);
     double ts = PyFloat_AsDouble(tsobj);

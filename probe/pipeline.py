@@ -147,8 +147,9 @@ class Pipeline:
         self._decode(decoder, ts, frame)
 
     def _commands(self, conn: C.Connection, from_client: bool, commands: list, ts: float) -> None:
-        """Whole command PDVs a compiled lane framed in an established association's data phase, as
-        ``(context_id, last, value)``: to the association machine, as Connection._deliver does."""
+        """Command PDV values a compiled lane framed in an established association's data phase
+        (whole in one segment or collected across several), as ``(context_id, last, value)``: to the
+        association machine, as Connection._deliver does."""
         machine, out = conn.machine, self._out
         for context_id, last, value in commands:
             machine.command(P.CommandFragment(ts, context_id, last, value), from_client, out)

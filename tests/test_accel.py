@@ -303,6 +303,10 @@ def test_lane_due_timeouts_and_non_bytes_frames_take_the_full_path():
         LANE.Lane({}, 14, "not callable", 3)
     with pytest.raises(TypeError):
         LANE.Lane([], 14, print, 3)
+    with pytest.raises(TypeError):  # the data-phase lane needs its states and callback
+        LANE.Lane({}, 14, print, 3, 0.0, P.PduFramer)
+    with pytest.raises(RuntimeError):
+        LANE.Lane.__new__(LANE.Lane)(1.0, b"\x00" * 60)
 
 
 @needs_lane
