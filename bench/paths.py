@@ -78,21 +78,30 @@ def _shard_hash_conn(conn) -> int | None:
         return None
 
 
+def _flow_of(pipe, decoder, frame):
+    """The fast lanes' first checks: (reason it is not a candidate, None) or (None, (entry, total,
+    seq, doff)) for an untagged IPv4/TCP frame without SYN/FIN/RST of a connection in the table."""
+    off = decoder.fast_offset
+    if off < 0 or len(frame) < off + 34:
+        return "link layer without the fast layout / short frame", None
+    ethertype, vihl, total, frag, proto, key, seq, doff, flags = PL._FAST(frame, off - 2)
+    if ethertype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF:
+        return "not plain IPv4/TCP", None
+    if flags & 0x07:
+        return "SYN, FIN or RST", None
+    entry = pipe.flows.fast.get(key)
+    if entry is None:
+        return "no flow-table entry (handshake, new or closed connection)", None
+    return None, (entry, total, seq, doff)
+
+
 def classify(pipe, decoder, frame) -> str:
     """Why the fast lane would (not) take this frame, from the state before the call."""
     try:
-        off = decoder.fast_offset
-        if off < 0 or len(frame) < off + 34:
-            return "full: link layer without the fast layout / short frame"
-        ethertype, vihl, total, frag, proto, key, seq, doff, flags = PL._FAST(frame, off - 2)
-        if ethertype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF:
-            return "full: not plain IPv4/TCP"
-        if flags & 0x07:
-            return "full: SYN, FIN or RST"
-        entry = pipe.flows.fast.get(key)
-        if entry is None:
-            return "full: no flow-table entry (closed connection or new)"
-        conn, d, stream, other = entry
+        why, flow = _flow_of(pipe, decoder, frame)
+        if flow is None:
+            return "full: " + why
+        (conn, d, stream, other), total, seq, doff = flow
         n = total - 20 - ((doff >> 4) << 2)
         if other._ooo:
             return "full: reverse direction holds out-of-order data"
@@ -120,18 +129,10 @@ def classify_lane(pipe, decoder, ts, frame) -> str:
     try:
         if ts >= pipe._next_expiry:
             return "idle-timeout check due (once a second of capture time)"
-        off = decoder.fast_offset
-        if off < 0 or len(frame) < off + 34:
-            return "link layer without the fast layout / short frame"
-        ethertype, vihl, total, frag, proto, key, seq, doff, flags = PL._FAST(frame, off - 2)
-        if ethertype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF:
-            return "not plain IPv4/TCP"
-        if flags & 0x07:
-            return "SYN, FIN or RST"
-        entry = pipe.flows.fast.get(key)
-        if entry is None:
-            return "no flow-table entry (handshake, new or closed connection)"
-        conn, d, stream, other = entry
+        why, flow = _flow_of(pipe, decoder, frame)
+        if flow is None:
+            return why
+        (conn, d, stream, other), total, seq, doff = flow
         if other._ooo:
             return "reverse direction holds out-of-order data"
         framer = conn.framers[d]
@@ -153,6 +154,7 @@ def classify_lane(pipe, decoder, ts, frame) -> str:
         if a is not None and not a.pdata_bytes[0] and not a.pdata_bytes[1]:
             return "the association's first P-DATA-TF"
         n = total - 20 - ((doff >> 4) << 2)
+        off = decoder.fast_offset
         payload = frame[off + 20 + ((doff >> 4) << 2): off + total]
         if state == "header" and not framer._buf and payload[:1] and payload[0] != 4:
             return "a control PDU (A-RELEASE, A-ABORT) in the data phase"
