@@ -150,9 +150,9 @@ class Pipeline:
         """Command PDV values a compiled lane framed in an established association's data phase
         (whole in one segment or collected across several), as ``(context_id, last, value)``: to the
         association machine, as Connection._deliver does."""
-        machine, out = conn.machine, self._out
+        command, out = conn.machine.command_value, self._out
         for context_id, last, value in commands:
-            machine.command(P.CommandFragment(ts, context_id, last, value), from_client, out)
+            command(from_client, context_id, last, value, ts, out)
         if out:
             self._handle(out)
             out.clear()

@@ -273,9 +273,13 @@ class AssociationMachine:
 
     def command(self, fragment: P.CommandFragment, from_client: bool, out: list) -> None:
         """A command PDV; DIMSE messages belong to the open association (if any)."""
+        self.command_value(from_client, fragment.context_id, fragment.last, fragment.data, fragment.ts, out)
+
+    def command_value(self, from_client: bool, context_id: int, last: bool, data: bytes, ts: float,
+                      out: list) -> None:
+        """:meth:`command` from the parts of a command PDV (the compiled lane frames them)."""
         if self.current is not None and self.state not in (IDLE, DONE):
-            self.current.dimse.fragment(from_client, fragment.context_id, fragment.last, fragment.data,
-                                        fragment.ts, out)
+            self.current.dimse.fragment(from_client, context_id, last, data, ts, out)
 
     def closed(self, ts: float, out: list) -> None:
         self._step(CLOSED, ts, None, out)
