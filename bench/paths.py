@@ -11,8 +11,9 @@ With the compiled lane (probe/_lane.c, the default where it is built) libpcap ca
 every frame; every call it hands to the Python full path (``Pipeline._full``) is timed with
 perf_counter_ns and put in a class: the reason the lane did not finish the frame, found by looking
 at the flow table's state just before the call. The lane's own time is the loop's time minus the
-full-path calls, the classification and the dispatch floor below (an estimate: it is never timed
-frame by frame).
+full-path calls, the classification and the dispatch floor below: an upper bound, since it also
+holds this script's own timing wrappers (it is never timed frame by frame; `perf record` on a plain
+`analyze` run sees the lane's own code directly).
 
 With ``--pure`` (or without the extension) every ``Pipeline.packet`` call is timed and put in a class:
 "fast lane: ..." when the call returned without decoding the frame (Decoder.decode never ran),
@@ -229,7 +230,8 @@ def measure_lane(path: str, cfg, ports, floor_s: float, frames: int) -> dict:
     classes = sorted(({"class": "full: " + k, "frames": v[0], "seconds": v[1] / 1e9,
                        "us_per_frame": v[1] / v[0] / 1e3} for k, v in stats.items()), key=lambda c: -c["seconds"])
     classes.insert(0, {"class": "compiled lane: pure ACKs, data values, P-DATA/PDV headers, command values "
-                                "(C; dispatch floor excluded)",
+                                "(C; an upper bound: the loop's time not in the rows below, the dispatch floor "
+                                "and the classification)",
                        "frames": lane.fast_frames, "seconds": lane_s,
                        "us_per_frame": 1e6 * lane_s / lane.fast_frames if lane.fast_frames else 0.0})
     classes.insert(1, {"class": f"of which with command values framed in C: Pipeline._commands in Python "

@@ -1001,7 +1001,8 @@ def benchmarks_md(results: dict) -> str:
                      "profiler) and classed by the reason, found on the flow table's state just before the call; "
                      "the command values the lane frames itself go to `Pipeline._commands` (DIMSE and metrics in "
                      "Python), timed too. The lane's own time is the rest: the loop minus those calls, the "
-                     "classification and the dispatch floor below (an estimate, never timed frame by frame). "
+                     "classification and the dispatch floor below; an upper bound, since the rest also holds "
+                     "the script's own timing wrappers (the lane is never timed frame by frame). "
                      "`python3 bench/paths.py --pure F` measures the pure-Python path the same way.\n")
             L.append(f"- {n:,} frames pass the BPF filter (other processes used {_cpus(pr.get('other_cpus'))} "
                      f"during this run); the probe takes {pr['packet_calls_s']:.2f} s in all beyond the dispatch "
