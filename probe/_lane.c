@@ -107,6 +107,7 @@ typedef struct {
     PyObject *pdu_framer;  /* probe.dicom.pdu.PduFramer, or None: no data-phase lane */
     PyObject *quiet_states;  /* association machine states in which a P-DATA-TF PDU changes nothing */
     PyObject *commands;  /* commands(conn, from_client, [(context, last, value)], ts), or None */
+    PyObject *full_seg;  /* full_seg(ts, frame, segment) for plain IPv4/TCP frames, or NULL: full() */
     unsigned long long packets;
     unsigned long long bytes;
     unsigned long long fast_frames;  /* frames this lane finished itself */
@@ -123,6 +124,7 @@ Lane_dealloc(Lane *self)
     Py_CLEAR(self->pdu_framer);
     Py_CLEAR(self->quiet_states);
     Py_CLEAR(self->commands);
+    Py_CLEAR(self->full_seg);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -134,6 +136,7 @@ Lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->pdu_framer);
     Py_VISIT(self->quiet_states);
     Py_VISIT(self->commands);
+    Py_VISIT(self->full_seg);
     return 0;
 }
 
@@ -145,6 +148,7 @@ Lane_clear(Lane *self)
     Py_CLEAR(self->pdu_framer);
     Py_CLEAR(self->quiet_states);
     Py_CLEAR(self->commands);
+    Py_CLEAR(self->full_seg);
     return 0;
 }
 
@@ -152,15 +156,23 @@ static int
 Lane_init(Lane *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"fast", "offset", "full", "data_state", "next_expiry", "pdu_framer", "quiet_states",
-                             "commands", NULL};
-    PyObject *fast, *full, *pdu_framer = Py_None, *quiet_states = NULL, *commands = NULL;
+                             "commands", "full_seg", NULL};
+    PyObject *fast, *full, *pdu_framer = Py_None, *quiet_states = NULL, *commands = NULL, *full_seg = NULL;
     Py_ssize_t offset;
     long data_state;
     double next_expiry = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nOl|dOO!O", kwlist, &PyDict_Type, &fast, &offset, &full,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nOl|dOO!OO", kwlist, &PyDict_Type, &fast, &offset, &full,
                                      &data_state, &next_expiry, &pdu_framer, &PyFrozenSet_Type, &quiet_states,
-                                     &commands))
+                                     &commands, &full_seg))
         return -1;
+    if (full_seg == Py_None)
+        full_seg = NULL;
+    if (full_seg != NULL && !PyCallable_Check(full_seg)) {
+        PyErr_SetString(PyExc_TypeError, "full_seg must be callable");
+        return -1;
+    }
+    Py_XINCREF(full_seg);
+    Py_XSETREF(self->full_seg, full_seg);
     if (pdu_framer != Py_None && (!PyType_Check(pdu_framer) || quiet_states == NULL || commands == NULL
                                   || !PyCallable_Check(commands))) {
         PyErr_SetString(PyExc_TypeError, "pdu_framer must be a type, and comes with quiet_states and commands()");
@@ -707,6 +719,30 @@ done:
     return rc;
 }
 
+/* The tuple probe.decode.Decoder.decode returns for an untagged IPv4 (no options) / TCP frame,
+ * (src, dst, sport, dport, seq, ack, flags, payload); NULL without an exception for any other frame
+ * and for any frame Decoder.decode would count as skipped (truncated, bad header lengths), so that
+ * those still go through it. */
+static PyObject *
+plain_segment(Lane *self, const unsigned char *p, Py_ssize_t len)
+{
+    Py_ssize_t off = self->offset;
+    if (len < off + 40)
+        return NULL;
+    const unsigned char *ip = p + off;
+    if (ip[-2] != 0x08 || ip[-1] != 0x00 || ip[0] != 0x45 || ip[9] != 6 || (((ip[6] << 8) | ip[7]) & 0x3FFF))
+        return NULL;
+    Py_ssize_t total = (ip[2] << 8) | ip[3];
+    const unsigned char *tcp = ip + 20;
+    Py_ssize_t hlen = (tcp[12] >> 4) * 4;
+    if (off + total > len || hlen < 20 || 20 + hlen > total)
+        return NULL;
+    return Py_BuildValue("(y#y#iiIIiy#)", (const char *)ip + 12, (Py_ssize_t)4, (const char *)ip + 16,
+                         (Py_ssize_t)4, (tcp[0] << 8) | tcp[1], (tcp[2] << 8) | tcp[3],
+                         (unsigned int)be32(tcp + 4), (unsigned int)be32(tcp + 8), (int)tcp[13],
+                         (const char *)tcp + hlen, total - 20 - hlen);
+}
+
 static PyObject *
 Lane_call(Lane *self, PyObject *args, PyObject *kwds)
 {
@@ -744,8 +780,19 @@ Lane_call(Lane *self, PyObject *args, PyObject *kwds)
     int rc = lane_try(self, tsobj, (const unsigned char *)PyBytes_AS_STRING(frame), len);
     if (rc < 0)
         return NULL;
-    if (rc == GO_FULL)
+    if (rc == GO_FULL) {
+        if (self->full_seg != NULL) {  /* the headers parsed here, not again in Python */
+            PyObject *seg = plain_segment(self, (const unsigned char *)PyBytes_AS_STRING(frame), len);
+            if (seg != NULL) {
+                PyObject *res = PyObject_CallFunctionObjArgs(self->full_seg, tsobj, frame, seg, NULL);
+                Py_DECREF(seg);
+                return res;
+            }
+            if (PyErr_Occurred())
+                return NULL;
+        }
         return PyObject_Call(self->full, args, NULL);
+    }
     self->fast_frames++;
     Py_RETURN_NONE;
 }
@@ -764,7 +811,7 @@ static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "probe._lane.Lane",
     .tp_doc = PyDoc_STR("Lane(fast, offset, full, data_state, next_expiry=0.0, pdu_framer=None, quiet_states=None, "
-                        "commands=None): the compiled per-packet fast lane; call it as lane(ts, frame)."),
+                        "commands=None, full_seg=None): the compiled per-packet fast lane; call it as lane(ts, frame)."),
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,

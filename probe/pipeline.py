@@ -100,7 +100,8 @@ class Pipeline:
         if _lane is None or decoder.fast_offset < 0:
             return partial(self.packet, decoder)
         lane = _lane.Lane(self.flows.fast, decoder.fast_offset, partial(self._full, decoder), _DATA,
-                          self._next_expiry, P.PduFramer, _QUIET_STATES, self._commands)
+                          self._next_expiry, P.PduFramer, _QUIET_STATES, self._commands,
+                          partial(self._full_seg, decoder))
         self._lanes.append(lane)
         return lane
 
@@ -146,6 +147,13 @@ class Pipeline:
             self._expire(ts)
         self._decode(decoder, ts, frame)
 
+    def _full_seg(self, decoder: Decoder, ts: float, frame: bytes, seg: tuple) -> None:
+        """As :meth:`_full`, with the headers already parsed by the lane: ``seg`` is what
+        ``decoder.decode(frame)`` returns for this (untagged IPv4/TCP) frame."""
+        if ts >= self._next_expiry:
+            self._expire(ts)
+        self._segment(decoder, ts, frame, seg)
+
     def _commands(self, conn: C.Connection, from_client: bool, commands: list, ts: float) -> None:
         """Command PDV values a compiled lane framed in an established association's data phase
         (whole in one segment or collected across several), as ``(context_id, last, value)``: to the
@@ -164,7 +172,9 @@ class Pipeline:
         self.flows.expire(ts, self._out)
 
     def _decode(self, decoder: Decoder, ts: float, frame: bytes) -> None:
-        seg = decoder.decode(frame)
+        self._segment(decoder, ts, frame, decoder.decode(frame))
+
+    def _segment(self, decoder: Decoder, ts: float, frame: bytes, seg: tuple | None) -> None:
         if seg is not None:
             self.flows.segment(seg, ts, self._out)
             if self.evidence is not None:

@@ -20,6 +20,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from capture_edit import read, write
 from probe import pipeline as PL
@@ -324,3 +326,50 @@ def test_pipeline_uses_the_lane_only_for_fixed_link_layouts():
     cb = pipe.callback(Decoder(DLT_EN10MB))
     assert (type(cb).__name__ == "Lane") == (LANE is not None)
     assert isinstance(pipe.callback(Decoder(DLT_LINUX_SLL2)), partial)  # no fixed offsets: packet() itself
+
+
+def _seg_lane(calls):
+    return LANE.Lane({}, 14, lambda ts, frame: calls.append(("full", frame)), P._DATA, 100.0,
+                     full_seg=lambda ts, frame, seg: calls.append(("seg", frame, seg)))
+
+
+@needs_lane
+@pytest.mark.parametrize("why,frame,parsed", [
+    ("plain", _frame(payload=b"x" * 10), True),
+    ("SYN", _frame(flags=0x02), True),
+    ("TCP options", _frame(doff=8, payload=b"y" * 5), True),
+    ("link padding after the IP packet", _frame(payload=b"z" * 3) + b"\x00" * 20, True),
+    ("IP length beyond the frame (truncated)", _frame(payload=b"x" * 10, total=1400), False),
+    ("data offset below 5", _frame(doff=4, payload=b"x" * 10), False),
+    ("TCP header beyond the IP length", _frame(payload=b"", total=30), False),
+    ("IP options", _frame()[:14] + b"\x46" + _frame()[15:], False),
+    ("not IPv4", _frame()[:12] + b"\x86\xdd" + _frame()[14:], False),
+    ("too short", _frame()[:40], False),
+])
+def test_lane_hands_plain_segments_parsed_exactly_as_the_decoder(why, frame, parsed):
+    """Frames the lane does not finish reach Python with their headers parsed (full_seg) only when
+    the tuple is exactly Decoder.decode's and the decoder would count nothing; else as frames."""
+    calls: list = []
+    _seg_lane(calls)(1.0, frame)
+    (call,) = calls
+    dec = Decoder(DLT_EN10MB)
+    expected = dec.decode(frame)
+    if parsed:
+        assert call == ("seg", frame, expected) and not dec.skipped, why
+    else:
+        assert call == ("full", frame), why
+
+
+@needs_lane
+@settings(max_examples=400, deadline=None)
+@given(st.binary(min_size=0, max_size=120), st.integers(0, 4))
+def test_lane_parsed_segments_equal_the_decoders_on_random_frames(tail, variant):
+    base = [_frame(payload=b"p" * 7), _frame(flags=0x12), _frame(doff=6, payload=b"q"), _frame(total=60),
+            _frame(payload=b"r" * 30)][variant]
+    frame = base[:14 + (len(tail) % 40)] + tail if tail and tail[0] & 1 else base[:34] + tail
+    calls: list = []
+    _seg_lane(calls)(1.0, frame)
+    dec = Decoder(DLT_EN10MB)
+    expected = dec.decode(frame)
+    if calls[0][0] == "seg":
+        assert calls[0][2] == expected and not dec.skipped
