@@ -14,12 +14,19 @@
  *       * an in-order segment lying strictly inside a P-DATA data value (or a TLS application-data
  *         record) of its direction's framer: stream.next_seq, framer._pdv_left, framer._pdu_left,
  *         framer.data_bytes and conn.last_ts are updated, nothing else;
+ *   - in an established association's data phase (a DICOM PduFramer), an in-order segment whose
+ *     bytes are P-DATA-TF headers, PDV headers, data values and command values, even split across
+ *     segments: framed here as PduFramer.feed would (lane_data); command values are handed to
+ *     commands(conn, from_client, [(context, last, value)], ts) in Python;
  *   - anything else, or any doubt (an attribute of an unexpected type, a frame that is not bytes),
- *     calls full(ts, frame).
+ *     calls full_seg(ts, frame, segment) with the headers parsed exactly as Decoder.decode would,
+ *     or full(ts, frame) where the decoder has something to say (other link or IP layouts,
+ *     truncated or malformed headers).
  *
  * There is no state here besides the counters: the flow table, streams and framers stay the
  * single source of truth, so the compiled and the pure-Python lanes are interchangeable at any
- * frame. tests/test_accel.py checks that both give identical output on every fixture capture.
+ * frame. tests/test_accel.py checks that both give identical output on every fixture capture, the
+ * benchmark's mix and damaged copies; tests/test_fuzz.py compares them on mutated input.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
