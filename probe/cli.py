@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import time
@@ -52,18 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _tune_gc() -> None:
-    """What is imported by now lives as long as the process: take it out of the collector's scans
-    (gc.freeze, which also spares forked workers copy-on-write faults), and run the young
-    generation less often: the per-packet path makes many short-lived containers that reference
-    counting frees anyway. Measured on the benchmark capture: ~4 % of ``analyze``'s CPU time."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _tune_gc()
     if args.command == "check-config":
         return _check_config(args)
     if args.command == "run":
