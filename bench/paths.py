@@ -8,7 +8,8 @@ Feeds CAPTURE through the probe's own FileSource (libpcap, the same BPF filter) 
 ``dicom-probe analyze`` does.
 
 With the compiled lane (probe/_lane.c, the default where it is built) libpcap calls the lane for
-every frame; every call it hands to the Python full path (``Pipeline._full``) is timed with
+every frame; every call it hands to the Python full path (``Pipeline._full``, or ``_full_seg`` with
+the headers parsed) is timed with
 perf_counter_ns and put in a class: the reason the lane did not finish the frame, found by looking
 at the flow table's state just before the call. The lane's own time is the loop's time minus the
 full-path calls, the classification and the dispatch floor below: an upper bound, since it also
@@ -175,14 +176,17 @@ def measure_lane(path: str, cfg, ports, floor_s: float, frames: int) -> dict:
     full_frames_by_shard = {n: [0] * n for n in SHARDS}
     now = time.perf_counter_ns
     overhead = min(-(now() - now()) for _ in range(1000))
-    orig_full = pipe._full
+    orig_full, orig_full_seg = pipe._full, pipe._full_seg
     classify_ns = [0]
 
-    def full(decoder, ts, frame):
+    def full(decoder, ts, frame, seg=None):
         t = now()
         why = classify_lane(pipe, dec, ts, frame)
         t1 = now()
-        orig_full(decoder, ts, frame)
+        if seg is None:
+            orig_full(decoder, ts, frame)
+        else:
+            orig_full_seg(decoder, ts, frame, seg)
         dt = now() - t1 - overhead
         classify_ns[0] += t1 - t
         s = stats[why]
@@ -210,7 +214,7 @@ def measure_lane(path: str, cfg, ports, floor_s: float, frames: int) -> dict:
         for k in SHARDS:
             commands_ns_by_shard[k][h % k if h is not None else 0] += dt
 
-    pipe._full = full  # what Pipeline.callback binds into the lane
+    pipe._full = pipe._full_seg = full  # what Pipeline.callback binds into the lane
     pipe._commands = commands
     lane = pipe.callback(dec)
     t0 = time.perf_counter()

@@ -997,7 +997,7 @@ def benchmarks_md(results: dict) -> str:
         if pr.get("mode") == "lane":
             L.append("`python3 bench/paths.py F` feeds the whole capture through the probe's own FileSource and "
                      "Pipeline in one process, as `analyze` does: libpcap calls the compiled lane for every frame. "
-                     "Every frame the lane hands to the Python full path (`Pipeline._full`) is timed (no "
+                     "Every frame the lane hands to the Python full path (`Pipeline._full`/`_full_seg`) is timed (no "
                      "profiler) and classed by the reason, found on the flow table's state just before the call; "
                      "the command values the lane frames itself go to `Pipeline._commands` (DIMSE and metrics in "
                      "Python), timed too. The lane's own time is the rest: the loop minus those calls, the "
