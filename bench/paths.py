@@ -176,17 +176,14 @@ def measure_lane(path: str, cfg, ports, floor_s: float, frames: int) -> dict:
     full_frames_by_shard = {n: [0] * n for n in SHARDS}
     now = time.perf_counter_ns
     overhead = min(-(now() - now()) for _ in range(1000))
-    orig_full, orig_full_seg = pipe._full, pipe._full_seg
+    orig_full_seg = pipe._full_seg  # Pipeline._full decodes and goes on there
     classify_ns = [0]
 
     def full(decoder, ts, frame, seg=None):
         t = now()
         why = classify_lane(pipe, dec, ts, frame)
         t1 = now()
-        if seg is None:
-            orig_full(decoder, ts, frame)
-        else:
-            orig_full_seg(decoder, ts, frame, seg)
+        orig_full_seg(decoder, ts, frame, decoder.decode(frame) if seg is None else seg)
         dt = now() - t1 - overhead
         classify_ns[0] += t1 - t
         s = stats[why]

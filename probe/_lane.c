@@ -122,16 +122,13 @@ typedef struct {
     double next_expiry;
 } Lane;
 
+static int Lane_clear(Lane *self);
+
 static void
 Lane_dealloc(Lane *self)
 {
     PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->fast);
-    Py_CLEAR(self->full);
-    Py_CLEAR(self->pdu_framer);
-    Py_CLEAR(self->quiet_states);
-    Py_CLEAR(self->commands);
-    Py_CLEAR(self->full_seg);
+    Lane_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

@@ -139,17 +139,15 @@ class Pipeline:
                             framer.data_bytes += n
                             conn.last_ts = ts
                             return
-        self._decode(decoder, ts, frame)
+        self._segment(decoder, ts, frame, decoder.decode(frame))
 
     def _full(self, decoder: Decoder, ts: float, frame: bytes) -> None:
         """A frame a compiled lane did not finish (it has counted it): due timeouts, then the full path."""
-        if ts >= self._next_expiry:
-            self._expire(ts)
-        self._decode(decoder, ts, frame)
+        self._full_seg(decoder, ts, frame, decoder.decode(frame))
 
-    def _full_seg(self, decoder: Decoder, ts: float, frame: bytes, seg: tuple) -> None:
-        """As :meth:`_full`, with the headers already parsed by the lane: ``seg`` is what
-        ``decoder.decode(frame)`` returns for this (untagged IPv4/TCP) frame."""
+    def _full_seg(self, decoder: Decoder, ts: float, frame: bytes, seg: tuple | None) -> None:
+        """As :meth:`_full`, with the headers already parsed: ``seg`` is what ``decoder.decode(frame)``
+        returns (the lane parses untagged IPv4/TCP frames itself)."""
         if ts >= self._next_expiry:
             self._expire(ts)
         self._segment(decoder, ts, frame, seg)
@@ -170,9 +168,6 @@ class Pipeline:
         for lane in self._lanes:
             lane.next_expiry = self._next_expiry
         self.flows.expire(ts, self._out)
-
-    def _decode(self, decoder: Decoder, ts: float, frame: bytes) -> None:
-        self._segment(decoder, ts, frame, decoder.decode(frame))
 
     def _segment(self, decoder: Decoder, ts: float, frame: bytes, seg: tuple | None) -> None:
         if seg is not None:
