@@ -156,9 +156,11 @@ class Pipeline:
         """Command PDV values a compiled lane framed in an established association's data phase
         (whole in one segment or collected across several), as ``(context_id, last, value)``: to the
         association machine, as Connection._deliver does."""
-        command, out = conn.machine.command_value, self._out
+        sink, out = conn.machine.command_sink(), self._out
+        if sink is None:
+            return
         for context_id, last, value in commands:
-            command(from_client, context_id, last, value, ts, out)
+            sink(from_client, context_id, last, value, ts, out)
         if out:
             self._handle(out)
             out.clear()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -211,3 +213,71 @@ def test_oversized_command_is_dropped_and_lost_clears_fragments():
     t.lost()
     t.fragment(True, 1, True, command(0x0030, mid=2), 1.0, out)
     assert out[-1].command == "C-ECHO"
+
+
+# -- repeated pending responses (DimseTracker._repeats) ----------------------------------------------
+
+
+def test_repeated_pending_responses_before_and_after_their_request_are_matched_correctly():
+    # Pending responses seen before their request (capture started mid-operation) are unmatched; once
+    # the request is seen the same bytes must count as matched, and after the final response as
+    # unmatched again: the remembered outcome may never outlive a change of the outstanding requests.
+    a, t, out = track()
+    pending = command(0x8020, rid=5, status=0xFF00, dataset=0)
+    t.fragment(False, 1, True, pending, 1.0, out)
+    t.fragment(False, 1, True, bytes(pending), 1.1, out)
+    t.fragment(True, 1, True, command(0x0020, mid=5, dataset=0), 2.0, out)
+    t.fragment(False, 1, True, bytes(pending), 2.1, out)
+    t.fragment(False, 1, True, bytes(pending), 2.2, out)
+    t.fragment(False, 1, True, command(0x8020, rid=5, status=0x0000), 3.0, out)
+    t.fragment(False, 1, True, bytes(pending), 3.1, out)
+    responses = [(n.status_class, n.matched, n.seconds) for n in out if isinstance(n, D.DimseResponse)]
+    assert responses == [("pending", False, None)] * 2 + [("pending", True, None)] * 2 + [
+        ("success", True, pytest.approx(1.0)), ("pending", False, None)]
+    assert t.stats["C-FIND"].responses == {"FF00": 5, "0000": 1}
+    # The same bytes from the other direction answer a request the acceptor never made.
+    t.fragment(True, 1, True, bytes(pending), 3.2, out)
+    assert out[-1].matched is False
+
+
+def test_repeats_do_not_hide_a_command_mismatch():
+    a, t, out = track()
+    t.fragment(True, 1, True, command(0x0030, mid=5), 1.0, out)  # C-ECHO-RQ 5
+    for ts in (1.1, 1.2):
+        t.fragment(False, 1, True, command(0x8020, rid=5, status=0xFF00, dataset=0), ts, out)
+    assert [n.kind for n in out if isinstance(n, D.DimseError)] == ["response-command-mismatch"] * 2
+
+
+def _reference(ops):
+    """What DimseTracker gives without the repeat memory: every command set decoded and matched."""
+    a, t, out = track()
+    for from_client, data, ts in ops:
+        t._command(from_client, data, ts, out)
+    t.finish(out)
+    return a, t, out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(["rq", "pending", "final", "cancel", "echo"]),
+                          st.integers(1, 3)), max_size=40))
+def test_repeat_memory_changes_no_outcome(steps):
+    kinds = {
+        "rq": lambda m: command(0x0020, mid=m, dataset=0),
+        "pending": lambda m: command(0x8020, rid=m, status=0xFF00, dataset=0),
+        "final": lambda m: command(0x8020, rid=m, status=0x0000),
+        "cancel": lambda m: command(0x0FFF, rid=m),
+        "echo": lambda m: command(0x8030, rid=m, status=0xFF01),  # a pending C-ECHO-RSP: odd, still counted
+    }
+    ops = [(from_client, kinds[kind](m), float(i)) for i, (from_client, kind, m) in enumerate(steps)]
+    _a, ref, ref_out = _reference(ops)
+    a, t, out = track()
+    for from_client, data, ts in ops:
+        t.fragment(from_client, 1, True, data, ts, out)
+    t.finish(out)
+
+    def fields(n, assoc):
+        return (type(n).__name__,) + tuple(getattr(n, f) for f in n.__slots__ if f != "association")
+
+    assert [fields(n, a) for n in out] == [fields(n, _a) for n in ref_out]
+    assert {k: (s.requests, s.responses, s.times, s.cancels, s.unanswered) for k, s in t.stats.items()} == {
+        k: (s.requests, s.responses, s.times, s.cancels, s.unanswered) for k, s in ref.stats.items()}

@@ -277,9 +277,17 @@ class AssociationMachine:
 
     def command_value(self, from_client: bool, context_id: int, last: bool, data: bytes, ts: float,
                       out: list) -> None:
-        """:meth:`command` from the parts of a command PDV (the compiled lane frames them)."""
+        """:meth:`command` from the parts of a command PDV."""
         if self.current is not None and self.state not in (IDLE, DONE):
             self.current.dimse.fragment(from_client, context_id, last, data, ts, out)
+
+    def command_sink(self):
+        """What :meth:`command_value` calls now, as ``sink(from_client, context_id, last, data, ts,
+        out)``, or None if command values are ignored now (no open association). A batch of command
+        values that reach the machine together (the compiled lane's, from one segment) share it."""
+        if self.current is not None and self.state not in (IDLE, DONE):
+            return self.current.dimse.fragment
+        return None
 
     def closed(self, ts: float, out: list) -> None:
         self._step(CLOSED, ts, None, out)

@@ -188,6 +188,7 @@ class CommandStats:
 
 MAX_TIMES_KEPT = 10_000
 MAX_PENDING = 4096  # outstanding requests per association (asynchronous operations window)
+MAX_REPEATS = 64  # remembered pending-response command sets per association and direction
 
 
 @dataclass(slots=True)
@@ -198,7 +199,7 @@ class _Pending:
 
 
 class DimseTracker:
-    __slots__ = ("association", "_fragments", "_pending", "stats", "_cache")
+    __slots__ = ("association", "_fragments", "_pending", "stats", "_cache", "_repeats")
 
     def __init__(self, association, cache=None):
         self.association = association
@@ -208,12 +209,23 @@ class DimseTracker:
         self._fragments: dict[tuple[bool, int], bytearray] = {}
         self._pending: dict[tuple[bool, int], _Pending] = {}  # (request sent by client?, message id)
         self.stats: dict[str, CommandStats] = {}
+        # Pending responses (a C-FIND's matches, a C-MOVE's progress) repeat the same command set
+        # bytes, and while no request starts or ends their outcome cannot change: per direction,
+        # command set -> (the command's response counts, status code, the notification to repeat).
+        # Emptied whenever ``_pending`` changes.
+        self._repeats: tuple[dict, dict] = ({}, {})
 
     def fragment(self, from_client: bool, context_id: int, last: bool, data: bytes, ts: float, out: list) -> None:
         key = (from_client, context_id)
         buf = self._fragments.get(key)
         if buf is None:
             if last:
+                repeat = self._repeats[from_client].get(data) if data.__class__ is bytes else None
+                if repeat is not None:
+                    responses, code, notification = repeat
+                    responses[code] += 1
+                    out.append(notification)
+                    return
                 self._command(from_client, bytes(data), ts, out)
                 return
             buf = self._fragments[key] = bytearray()
@@ -236,7 +248,12 @@ class DimseTracker:
             out.append(Unanswered(self.association, pending.command))
             self._stat(pending.command).unanswered += 1
         self._pending.clear()
+        self._forget_repeats()
         self._fragments.clear()
+
+    def _forget_repeats(self) -> None:
+        if self._repeats[0] or self._repeats[1]:
+            self._repeats = ({}, {})
 
     def _stat(self, command: str) -> CommandStats:
         s = self.stats.get(command)
@@ -273,6 +290,7 @@ class DimseTracker:
             self._stat(name).requests += 1
             if cmd.message_id is not None and len(self._pending) < MAX_PENDING:
                 self._pending[(from_client, cmd.message_id)] = _Pending(name, ts)
+                self._forget_repeats()
             return
         if cmd.status is None:
             out.append(DimseError("status-missing"))
@@ -286,13 +304,20 @@ class DimseTracker:
         seconds = None
         if matched and cls != PENDING:
             del self._pending[key]
+            self._forget_repeats()
             seconds = max(0.0, ts - pending.ts)
         stat = self._stat(name)
         code = status_code(cmd.status)
         stat.responses[code] = stat.responses.get(code, 0) + 1
         if seconds is not None and len(stat.times) < MAX_TIMES_KEPT:
             stat.times.append(seconds)
-        out.append(DimseResponse(a, name, cmd.status, cls, seconds, matched))
+        notification = DimseResponse(a, name, cmd.status, cls, seconds, matched)
+        out.append(notification)
+        if cls == PENDING and (matched or pending is None):
+            repeats = self._repeats[from_client]
+            if len(repeats) >= MAX_REPEATS:
+                repeats.clear()
+            repeats[data] = (stat.responses, code, notification)
         if cls != PENDING and name in ("C-MOVE", "C-GET") and (cmd.completed is not None or cmd.failed is not None
                                                                or cmd.warning is not None):
             sub = SubOperations(a, name, cmd.completed or 0, cmd.failed or 0, cmd.warning or 0)
