@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="table (default), json (one record per association), prom (the exposition), "
                         "html (a self-contained incident report)")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    a.add_argument("--drop-pure-acks", action="store_true",
+                   help="filter out segments carrying only an ACK before decoding (as capture.drop_pure_acks)")
 
     a.add_argument("--workers", type=int, default=1,
                    help="worker processes sharing the connections (default 1; counts never depend on it)")
@@ -81,7 +83,7 @@ def _run(args) -> int:
             return 2
     if args.read:
         try:
-            open_sources(args.read, cfg.capture_ports())  # fail early with a clear message
+            open_sources(args.read, cfg.capture_ports(), **cfg.filter_options)  # fail early with a clear message
         except CaptureError as e:
             print(f"dicom-probe: {e}", file=sys.stderr)
             return 1
@@ -173,9 +175,11 @@ def _analyze(args) -> int:
             print(f"dicom-probe: {opt} {bad_ports[0]}: not a TCP port (1-65535)", file=sys.stderr)
             return 2
     cfg = cfg.with_tls_ports(args.tls_port)
+    if args.drop_pure_acks:
+        cfg = cfg.with_pure_acks_dropped()
     ports = cfg.capture_ports(args.port)
     try:
-        sources = open_sources(args.captures, ports)
+        sources = open_sources(args.captures, ports, **cfg.filter_options)
     except CaptureError as e:
         print(f"dicom-probe: {e}", file=sys.stderr)
         return 1

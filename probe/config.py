@@ -160,6 +160,8 @@ SCHEMA: dict[str, Any] = {
         "buffer_mib": Key(int, 64, _port_range(1, 4096), "kernel capture buffer per worker and interface, MiB"),
         "promiscuous": Key(bool, True, None, "see traffic not addressed to this host (SPAN/TAP)"),
         "filter": Key(str, "", None, "extra BPF expression ANDed with the DICOM port filter"),
+        "drop_pure_acks": Key(bool, False, None,
+                              "drop segments carrying only an ACK in the capture filter (high rates; see README)"),
     },
     "workers": Key((int, str), "auto", _workers, "capture worker processes; auto = one per core"),
     "http": {
@@ -225,6 +227,16 @@ class Config:
     def capture_ports(self, extra_ports=(), extra_tls_ports=()) -> list[int]:
         """Every port the capture filter must let through: DICOM and DICOM over TLS."""
         return sorted(set(self.ports) | set(extra_ports) | set(self.tls_ports) | set(extra_tls_ports))
+
+    @property
+    def filter_options(self) -> dict:
+        """The capture section's keywords for :func:`probe.capture.build_filter` and FileSource."""
+        cap = self.raw["capture"]
+        return {"user_filter": cap["filter"] or None, "drop_pure_acks": cap["drop_pure_acks"]}
+
+    def with_pure_acks_dropped(self) -> "Config":
+        """This configuration with ``capture.drop_pure_acks`` on (``analyze --drop-pure-acks``)."""
+        return Config({**self.raw, "capture": {**self.raw["capture"], "drop_pure_acks": True}})
 
     def with_tls_ports(self, extra) -> "Config":
         """This configuration with more TLS ports (``analyze --tls-port``)."""

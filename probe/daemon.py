@@ -119,7 +119,7 @@ def open_live(interface: str, cfg: Config, ports, fanout: bool, fanout_group: in
                            immediate=True, buffer_size=cap["buffer_mib"] << 20)
     except OSError as e:
         raise CaptureError(f"interface {interface}: cannot capture: {e}") from None
-    bpf = build_filter(ports, cap["filter"] or None, vlan=handle.datalink() == DLT_EN10MB)
+    bpf = build_filter(ports, vlan=handle.datalink() == DLT_EN10MB, **cfg.filter_options)
     try:
         handle.setfilter(bpf)
     except OSError as e:
@@ -245,8 +245,7 @@ class _Worker:
     def _run_file(self) -> None:
         plan = self.plan
         shard = partial(shard_filter, plan.count, plan.index)
-        user = self.cfg.raw["capture"]["filter"] or None
-        sources = [FileSource(path, self.ports, user, shard=shard) for path in plan.read]
+        sources = [FileSource(path, self.ports, shard=shard, **self.cfg.filter_options) for path in plan.read]
         next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
 
         def tick():

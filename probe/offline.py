@@ -11,10 +11,12 @@ from .pipeline import Pipeline
 from .sites import SiteMap
 
 
-def open_sources(paths: Iterable[str], ports: Iterable[int]) -> list[FileSource]:
-    """Open every file first, so a bad one fails before any work (raises CaptureError)."""
+def open_sources(paths: Iterable[str], ports: Iterable[int], user_filter: str | None = None,
+                 drop_pure_acks: bool = False) -> list[FileSource]:
+    """Open every file first, so a bad one (or a bad filter) fails before any work (raises
+    CaptureError). ``user_filter``, ``drop_pure_acks``: the configuration's (Config.filter_options)."""
     ports = list(ports)
-    return [FileSource(path, ports) for path in paths]
+    return [FileSource(path, ports, user_filter, drop_pure_acks=drop_pure_acks) for path in paths]
 
 
 def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Iterable[int] = (),
@@ -48,4 +50,4 @@ def run(sources: list[FileSource], cfg: Config | None = None, extra_ports: Itera
 def analyze_files(paths: Iterable[str], ports: Iterable[int] = (), cfg: Config | None = None,
                   on_association: Callable | None = None) -> Pipeline:
     cfg = cfg or load(None)
-    return run(open_sources(paths, cfg.capture_ports(ports)), cfg, ports, on_association)
+    return run(open_sources(paths, cfg.capture_ports(ports), **cfg.filter_options), cfg, ports, on_association)
