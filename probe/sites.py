@@ -27,6 +27,8 @@ class SiteMap:
 
     def site_of(self, endpoint: str) -> str:
         """Site of an "address:port" (or "[v6]:port", or a bare address)."""
+        if not self._nets:
+            return SITE_OTHER
         host = endpoint
         if host.startswith("["):
             host = host[1 : host.index("]")]

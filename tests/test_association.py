@@ -210,3 +210,27 @@ def test_answer_after_end_is_a_violation():
     m, out, _ = outcome_of([(rq(), True), (P.AssociateReject(1.5, 1, 1, 3), False), (ac(), False)])
     assert m.state == A.DONE
     assert out[-1] == A.ProtocolViolation("unexpected-pdu", A.AC, A.DONE)
+
+
+def test_ended_associations_are_freed_by_reference_counting():
+    # No reference cycle per association (the DIMSE tracker lets go of it when it ends): a reject
+    # storm must not leave tens of thousands of cycles for the cyclic collector to find and free.
+    import gc
+    from pathlib import Path
+
+    from probe.offline import analyze_files
+
+    captures = Path(__file__).parent / "fixtures" / "captures"
+    seen = []
+    gc.collect()
+    gc.disable()
+    try:
+        pipe = analyze_files([str(captures / "reject_calling_pynetdicom.pcap"), str(captures / "dimse_move.pcap"),
+                              str(captures / "abort.pcap")], [104, 11112],
+                             on_association=lambda a: seen.append(a.outcome))
+        assert len(seen) >= 8 and pipe.flows.active == 0
+        del pipe
+        left = [o for o in gc.get_objects() if isinstance(o, A.Association)]
+    finally:
+        gc.enable()
+    assert left == []

@@ -250,6 +250,10 @@ class DimseTracker:
         self._pending.clear()
         self._forget_repeats()
         self._fragments.clear()
+        # The association keeps its tracker (its stats feed the record); dropping the way back
+        # breaks the only reference cycle per association, so refcounting frees both at once and
+        # the cyclic GC is not left to find tens of thousands of them in a reject storm.
+        self.association = None
 
     def _forget_repeats(self) -> None:
         if self._repeats[0] or self._repeats[1]:
