@@ -520,6 +520,7 @@ def main(argv=None) -> int:
                     help="measure nothing: rewrite BENCHMARKS.md from the saved results of the last run with these "
                          "--frames/--seed (bench/.cache/results-*.json)")
     ap.add_argument("--no-paths", action="store_true", help="skip bench/paths.py (per-packet paths, unprofiled)")
+    ap.add_argument("--no-storm", action="store_true", help="skip bench/storm.py (reject storm, associations/s)")
     args = ap.parse_args(argv)
     if args.render_only:
         saved = CACHE / f"results-{args.frames}-s{args.seed}.json"
@@ -702,6 +703,12 @@ def _run_all(args, capture: Path, truth: dict, work: Path, results: dict, log) -
                        "bench/paths.py (whole capture)", log=log)
         results["paths"] = json.loads(pj.read_text())
         results["paths"]["other_cpus"] = m["other_cpus"]
+
+    if not args.no_storm:
+        import storm
+        log("\nreject storm (bench/storm.py) ...")
+        results["storm"] = storm.run(storm.DEFAULT_ASSOCIATIONS, storm.DEFAULT_RATE, args.repeat, CACHE)
+        log(storm.text(results["storm"]))
 
     if not args.no_profile:
         pcut = work / "cut-200k.pcap"
@@ -990,6 +997,23 @@ def benchmarks_md(results: dict) -> str:
             ("with an A-ASSOCIATE-RQ (connection, streams, framer, association, DIMSE tracker)",
              f"{fm['association']:,}", "-"),
         ], align="lrl"))
+        L.append("")
+    st = results.get("storm")
+    if st:
+        import storm
+        L.append("### Reject storm (associations per second)\n")
+        L.append(f"The founding incident: modalities an unprepared PACS rejects, retrying. `python3 bench/storm.py` "
+                 f"(run by this benchmark) builds {st['associations']:,} copies of a real pynetdicom A-ASSOCIATE-RQ -> "
+                 f"A-ASSOCIATE-RJ (calling-ae-title-not-recognized) association from the committed fixture, each its "
+                 f"own TCP connection of 10 frames, from {st['clients']} client addresses, {st['rate']:,.0f} "
+                 f"starting per second of capture time (`{st['capture']}`). Most of its frames take the Python path "
+                 f"(handshake, control PDUs, closing; only ACKs of open connections take the compiled lane), so "
+                 f"this measures the per-association cost. Median of "
+                 f"{len(st['one_worker']['walls'])} runs, start-up included:\n")
+        L.append(_md_table(("measurement", "wall s", "associations/s", "frames/s", "counts"), [
+            (f"`{m['cmd']}`", f"{m['wall']:.2f}", f"{m['associations_per_s']:,.0f}", f"{m['frames_per_s']:,.0f}",
+             "exact" if m["exact"] else f"WRONG {m['counts']}")
+            for m in (st["one_worker"], st["two_workers"])], align="lrrrl"))
         L.append("")
     L.append("### Correctness\n")
     one, n = chk["one_worker"], chk["n_workers"]
