@@ -89,7 +89,8 @@ def measure(capture: Path, associations: int, repeat: int, extra: list[str] = ()
     frames = _series(prom, "dicom_probe_packets_total")
     got = {"requests": _series(prom, "dicom_association_requests_total"),
            "rejects": _series(prom, "dicom_association_rejects_total")}
-    return {"cmd": " ".join(cmd[1:]), "walls": walls, "wall": wall, "frames": frames, "counts": got,
+    shown = "python3 " + " ".join(cmd[1:]).replace(f"{REPO}/", "")
+    return {"cmd": shown, "walls": walls, "wall": wall, "frames": frames, "counts": got,
             "exact": got == {"requests": associations, "rejects": associations},
             "associations_per_s": associations / wall, "frames_per_s": frames / wall}
 
