@@ -257,10 +257,11 @@ class Probe:
         self.proc = None
         self.worker_pids: set[int] = set()
 
-    def write_config(self, known=(KNOWN, CALLED), aliases=None) -> None:
+    def write_config(self, known=(KNOWN, CALLED), aliases=None, drop_pure_acks=False) -> None:
         cfg = {
             "ports": [REJECT_PORT, STORE_PORT],
-            "capture": {"interfaces": [self.interface], "promiscuous": True, "buffer_mib": 16},
+            "capture": {"interfaces": [self.interface], "promiscuous": True, "buffer_mib": 16,
+                        "drop_pure_acks": drop_pure_acks},
             "workers": self.workers,
             "event_log": {"destination": str(self.events)},
             "sites": {"remote-hospital": [f"{REMOTE_IP}/32"]},
@@ -626,6 +627,24 @@ def test_live_probes_in_containers_sharing_the_network_namespace(net, probe_fact
         problems.append(f"other interface: /healthz (status, restarts, handles, errors) = {c_got}; {tail}")
     assert not problems, "\n".join(problems)
     assert_exits_cleanly(a, b, c)
+
+
+def test_live_pure_acks_dropped_in_the_kernel_give_the_same_counts(net, probe_factory):
+    """capture.drop_pure_acks on a live handle: the kernel's filter takes the ACK-only segments, the
+    counts equal the peers' truth and another probe's on the same interface without it."""
+    full = probe_factory(1).start()
+    lean = probe_factory(2, drop_pure_acks=True).start()
+    full.wait_ready()
+    lean.wait_ready()
+    truth = traffic(net, echo_assocs=3, echoes_each=2, store_batches=[2], rejects=10)
+    expected = expected_series(truth)
+    samples = {"full": full.wait_series(expected)[0], "lean": lean.wait_series(expected)[0]}
+    assert pair_series(samples["lean"]) == pair_series(samples["full"]) == expected
+    packets = {k: value(s, "dicom_probe_packets_total", interface=CAPTURE_DEV) for k, s in samples.items()}
+    # every association has ACK-only segments (the handshake's last, the ACKs of the C-STOREs' data)
+    assert 0 < packets["lean"] <= packets["full"] - 2 * truth.associations, packets
+    assert value(samples["lean"], "dicom_probe_kernel_drops_total") == 0
+    assert_exits_cleanly(full, lean)
 
 
 def test_live_interface_down_and_up_keeps_counting(net, probe_factory):
