@@ -17,7 +17,6 @@ from .pipeline import Pipeline
 from .metrics import AeLabeler
 from .report import ResponseTimes, association_json, association_record, record_json, render_table, tls_record
 from .sites import SiteMap
-from .statuspage import render_report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -252,6 +251,8 @@ def _analyze(args) -> int:
         elif args.format == "prom":
             out.write(store.render().decode())
         elif args.format == "html":
+            from .statuspage import render_report  # only this format needs it
+
             records.sort(key=lambda r: r.get("start") or 0)
             out.write(render_report(store, records, title="dicom-probe incident report", sources=args.captures,
                                     times=times).decode())

@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 
 from .connection import Limits
 from .flows import FlowSettings
@@ -330,12 +329,10 @@ def _validate(schema: dict, data: Any, path: str, errors: list) -> dict:
 
 
 def parse(text: str, source: str = "<config>") -> Config:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "(yaml)"
-        raise ConfigError(source, [(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+    if not text.strip():  # the built-in defaults (no file): no YAML to read, nor to import
+        data = None
+    else:
+        data = _safe_load(text, source)
     errors: list = []
     raw = _validate(SCHEMA, data, "", errors)
     both = sorted(set(raw["ports"]) & set(raw["tls_ports"]))
@@ -344,6 +341,17 @@ def parse(text: str, source: str = "<config>") -> Config:
     if errors:
         raise ConfigError(source, errors)
     return Config(raw)
+
+
+def _safe_load(text: str, source: str):
+    import yaml  # imported here: start-up without a configuration file does not need it
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(yaml)"
+        raise ConfigError(source, [(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
 
 
 def load(path: str | None) -> Config:
