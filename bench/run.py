@@ -521,6 +521,7 @@ def main(argv=None) -> int:
                          "--frames/--seed (bench/.cache/results-*.json)")
     ap.add_argument("--no-paths", action="store_true", help="skip bench/paths.py (per-packet paths, unprofiled)")
     ap.add_argument("--no-storm", action="store_true", help="skip bench/storm.py (reject storm, associations/s)")
+    ap.add_argument("--no-perf", action="store_true", help="skip the perf profile by binary (needs linux-perf)")
     args = ap.parse_args(argv)
     if args.render_only:
         saved = CACHE / f"results-{args.frames}-s{args.seed}.json"
@@ -704,6 +705,10 @@ def _run_all(args, capture: Path, truth: dict, work: Path, results: dict, log) -
         results["paths"] = json.loads(pj.read_text())
         results["paths"]["other_cpus"] = m["other_cpus"]
 
+    if not args.no_perf:
+        log("\nperf profile by binary ...")
+        results["perf"] = perf_by_binary(probe + [str(capture)], work, log)
+
     if not args.no_storm:
         import storm
         log("\nreject storm (bench/storm.py) ...")
@@ -729,6 +734,40 @@ def _run_all(args, capture: Path, truth: dict, work: Path, results: dict, log) -
 
 # ------------------------------------------------------------------------------------------------
 # Reports.
+
+
+# What each binary's samples stand for, in the perf profile.
+PERF_BINARIES = (
+    ("libpython", "the interpreter: all Python code (full path, DIMSE, metrics, the pure-Python parts)"),
+    ("[kernel", "the kernel: reading the file (page-cache copies), page faults"),
+    ("_lane.", "the compiled lane (probe/_lane.c)"),
+    ("libpcap", "libpcap: reading records, the BPF filter"),
+    ("pcap.cpython", "pypcap: its dispatch loop, a bytes object and a call per frame"),
+    ("libc.", "the C library: memory copies and allocation, for all of the above"),
+)
+
+
+def perf_by_binary(cmd: list[str], work: Path, log=print) -> dict | None:
+    """Share of CPU samples per binary (``perf record`` + ``perf report --sort dso``), or None when
+    perf is missing or not allowed here."""
+    perf = shutil.which("perf")
+    if perf is None:
+        log("  perf not installed (Debian: linux-perf): skipped")
+        return None
+    data = work / "perf.data"
+    wait_quiet(log)
+    rec = subprocess.run([perf, "record", "-F", "999", "-o", str(data), "--", *cmd], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    if rec.returncode != 0 or not data.exists():
+        log(f"  perf record failed: {rec.stderr.strip().splitlines()[-1:] or rec.returncode}: skipped")
+        return None
+    rep = subprocess.run([perf, "report", "-i", str(data), "--sort", "dso", "--stdio"], capture_output=True, text=True)
+    shares = [(m.group(2).strip(), float(m.group(1))) for m in re.finditer(r"^\s*([\d.]+)%\s+(\S.*)$", rep.stdout, re.M)]
+    samples = re.search(r"^# Samples: (\S+)", rep.stdout, re.M)
+    out = {"cmd": "perf record -F 999 -- python3 -m probe analyze -q --format prom F", "shares": shares,
+           "samples": samples.group(1) if samples else None}
+    log("  " + ", ".join(f"{name} {pct:.1f}%" for name, pct in shares[:6]))
+    return out
 
 
 def _why_not_met(results: dict) -> list[str]:
@@ -1113,6 +1152,19 @@ def benchmarks_md(results: dict) -> str:
                            [(f"{c['frames']:,}", f"{100 * c['frames'] / n:.1f}%", f"{c['seconds']:.2f}",
                              f"{100 * c['seconds'] / pr['packet_calls_s']:.1f}%", f"{c['us_per_frame']:.1f}", c["class"])
                             for c in pr["classes"]], align="rrrrrl"))
+        L.append("")
+    pf = results.get("perf")
+    if pf:
+        L.append("### CPU by binary (perf)\n")
+        L.append(f"`{pf['cmd']}`, then `perf report --sort dso`: where the 1-worker run's CPU samples fall "
+                 f"({pf['samples'] or '?'} samples), whole process, start-up included.\n")
+        rows = []
+        for name, pct in pf["shares"]:
+            if pct < 0.5:
+                continue
+            what = next((w for key, w in PERF_BINARIES if key in name), "")
+            rows.append((f"`{name}`", f"{pct:.1f}%", what))
+        L.append(_md_table(("binary", "samples", "what runs there"), rows, align="lrl"))
         L.append("")
     if "profile" in results:
         p = results["profile"]
