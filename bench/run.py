@@ -1197,7 +1197,12 @@ def benchmarks_md(results: dict) -> str:
     L.append("python3 bench/run.py --render-only  # rewrite this file from the last run's saved results")
     L.append("python3 bench/run.py --frames 200000 --repeat 1 --keep   # quicker; keep cuts, outputs, profile")
     L.append("python3 bench/make_capture.py --frames N --out FILE      # just the capture (+ FILE.truth.json)")
+    L.append("python3 bench/storm.py                # the reject storm alone (associations/s)")
+    L.append("python3 bench/live.py [--soak] [--drop-pure-acks] ...     # live capture (root; see above)")
     L.append("```")
+    L.append("")
+    L.append("The CPU-by-binary section needs `perf` (Debian: linux-perf); without it that section is left out "
+             "(`--no-perf` skips it too).")
     return "\n".join(L) + "\n"
 
 
