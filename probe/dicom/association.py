@@ -273,18 +273,14 @@ class AssociationMachine:
 
     def command(self, fragment: P.CommandFragment, from_client: bool, out: list) -> None:
         """A command PDV; DIMSE messages belong to the open association (if any)."""
-        self.command_value(from_client, fragment.context_id, fragment.last, fragment.data, fragment.ts, out)
-
-    def command_value(self, from_client: bool, context_id: int, last: bool, data: bytes, ts: float,
-                      out: list) -> None:
-        """:meth:`command` from the parts of a command PDV."""
-        if self.current is not None and self.state not in (IDLE, DONE):
-            self.current.dimse.fragment(from_client, context_id, last, data, ts, out)
+        sink = self.command_sink()
+        if sink is not None:
+            sink(from_client, fragment.context_id, fragment.last, fragment.data, fragment.ts, out)
 
     def command_sink(self):
-        """What :meth:`command_value` calls now, as ``sink(from_client, context_id, last, data, ts,
-        out)``, or None if command values are ignored now (no open association). A batch of command
-        values that reach the machine together (the compiled lane's, from one segment) share it."""
+        """Where command PDV values go now, as ``sink(from_client, context_id, last, data, ts, out)``,
+        or None if they are ignored now (no open association). A batch of command values that reach
+        the machine together (the compiled lane's, from one segment) share it."""
         if self.current is not None and self.state not in (IDLE, DONE):
             return self.current.dimse.fragment
         return None
